@@ -1,0 +1,180 @@
+import type { Clock } from '../../clock.js';
+import type { Endpoint } from '../endpoint.js';
+import { untried, type Balancer, type PickContext } from './balancer.js';
+
+// Session affinity to etcd members by rendezvous (highest-random-weight)
+// hashing. Chosen over a hash ring because the member sets are tiny (3-7):
+// scoring every member is cheaper than maintaining virtual nodes, the spread
+// is even without tuning, and the properties the control plane needs fall out
+// of the definition:
+//  - placement is a pure function of (client key, eligible set): every ballast
+//    replica puts a client on the same member with no shared state;
+//  - when a member leaves, only its clients move, each to its next-ranked
+//    member; when one joins, only the clients that now rank it first move.
+//
+// On top of the pure function sits a small placement table, because a move
+// must also respect time: a client that moves must not land on a member that
+// has applied less of the raft log than the one it leaves ("fail over forward,
+// never back in time"), and a client that moved stays put for `ttl` (sticky)
+// so a flapping member does not bounce it twice.
+
+export type MoveReason = 'member_down' | 'member_removed' | 'rebalance';
+
+export interface AffinityOptions {
+  stickiness: 'sticky' | 'rehash';
+  ttl: number;
+  /** Endpoint id (host:port) or host that ranks first for every client. */
+  preferLocal: string | undefined;
+  clock: Clock;
+}
+
+interface Placement {
+  endpoint: Endpoint;
+  /** Until when the client stays on `endpoint` even if its ranked member is back (sticky). */
+  stickyUntil: number;
+  lastSeen: number;
+  /** Eligible-set generation at which the placement was last confirmed: the O(1) fast path. */
+  generation: number;
+}
+
+export class RendezvousBalancer implements Balancer {
+  readonly policy = 'affinity';
+  private eligible: readonly Endpoint[] = [];
+  private readonly placements = new Map<string, Placement>();
+  /** Counted moves by reason, read by the metrics collector. */
+  readonly moves = new Map<MoveReason, number>();
+  /** Moves that had to land on a member behind the one left (none was caught up). */
+  behindMoves = 0;
+
+  constructor(private readonly opts: AffinityOptions) {}
+
+  get placementCount(): number {
+    return this.placements.size;
+  }
+
+  private generation = 0;
+
+  update(eligible: readonly Endpoint[]): void {
+    this.eligible = [...eligible];
+    this.generation++;
+  }
+
+  pick(ctx: PickContext): Endpoint | undefined {
+    const now = this.opts.clock.now();
+    const placed = this.placements.get(ctx.key);
+    // Nothing changed since this client was last placed: no scoring at all.
+    if (placed !== undefined && placed.generation === this.generation && ctx.tried === null && (placed.stickyUntil === 0 || placed.stickyUntil > now)) {
+      placed.lastSeen = now;
+      return placed.endpoint;
+    }
+    const best = this.best(ctx.key, ctx.tried, undefined);
+    if (best === undefined) return undefined;
+    if (placed === undefined) {
+      this.placements.set(ctx.key, { endpoint: best, stickyUntil: 0, lastSeen: now, generation: this.generation });
+      return best;
+    }
+    placed.lastSeen = now;
+    if (ctx.tried === null) placed.generation = this.generation;
+    const current = placed.endpoint;
+    const usable = this.eligible.includes(current) && untried(current, ctx.tried);
+    if (usable) {
+      if (best === current) return current;
+      // The client's ranked member differs from where it is (a member joined or
+      // recovered). Stay while sticky; move back only forward in the log.
+      if (this.opts.stickiness === 'sticky' && placed.stickyUntil > now) return current;
+      if (best.lastRaftIndex < current.lastRaftIndex) return current;
+      this.move(placed, best, 'rebalance', now, false);
+      return best;
+    }
+    // Its member is gone (down, ejected, removed, or just failed to connect):
+    // the highest-ranked member that is not behind it, else the least behind.
+    const reason: MoveReason = current.state === 'draining' ? 'member_removed' : 'member_down';
+    const next = this.forward(ctx.key, ctx.tried, current);
+    if (next === undefined) return undefined;
+    this.move(placed, next.endpoint, reason, now, next.behind);
+    return next.endpoint;
+  }
+
+  opened(): void {}
+  closed(): void {}
+
+  /** Forget clients not seen for a while (the table must not grow with every source IP ever seen). */
+  prune(now: number, idleMs: number): void {
+    for (const [key, p] of this.placements) if (now - p.lastSeen > idleMs && p.stickyUntil < now) this.placements.delete(key);
+  }
+
+  /** Where a key would go now, without recording anything (status, tests). */
+  rank(key: string): Endpoint[] {
+    const h = hashString(key);
+    return [...this.eligible].sort((a, b) => this.score(h, b) - this.score(h, a));
+  }
+
+  private move(p: Placement, to: Endpoint, reason: MoveReason, now: number, behind: boolean): void {
+    p.endpoint = to;
+    p.stickyUntil = this.opts.stickiness === 'sticky' && reason !== 'rebalance' ? now + this.opts.ttl : 0;
+    this.moves.set(reason, (this.moves.get(reason) ?? 0) + 1);
+    if (behind) this.behindMoves++;
+  }
+
+  private best(key: string, tried: readonly Endpoint[] | null, skip: Endpoint | undefined): Endpoint | undefined {
+    const h = hashString(key);
+    let best: Endpoint | undefined;
+    let bestScore = -1;
+    for (const e of this.eligible) {
+      if (e === skip || !untried(e, tried)) continue;
+      const s = this.score(h, e);
+      if (s > bestScore) {
+        best = e;
+        bestScore = s;
+      }
+    }
+    return best;
+  }
+
+  private forward(key: string, tried: readonly Endpoint[] | null, from: Endpoint): { endpoint: Endpoint; behind: boolean } | undefined {
+    const ranked = this.rank(key).filter((e) => e !== from && untried(e, tried));
+    if (ranked.length === 0) return undefined;
+    const floor = from.lastRaftIndex;
+    for (const e of ranked) if (e.lastRaftIndex >= floor) return { endpoint: e, behind: false };
+    let least = ranked[0]!;
+    for (const e of ranked) if (e.lastRaftIndex > least.lastRaftIndex) least = e;
+    return { endpoint: least, behind: floor > 0 };
+  }
+
+  private score(clientHash: number, e: Endpoint): number {
+    const p = this.opts.preferLocal;
+    // 2^32 is above every hash score: the local member outranks all others.
+    if (p !== undefined && (e.id === p || e.host === p)) return 0x1_0000_0000;
+    return fmix32((clientHash ^ endpointHash(e)) >>> 0);
+  }
+}
+
+const endpointHashes = new WeakMap<Endpoint, number>();
+function endpointHash(e: Endpoint): number {
+  let h = endpointHashes.get(e);
+  if (h === undefined) {
+    h = fmix32(hashString(e.id) + 0x9e3779b9);
+    endpointHashes.set(e, h);
+  }
+  return h;
+}
+
+/** FNV-1a over UTF-16 code units: stable across processes and versions. */
+export function hashString(s: string): number {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < s.length; i++) {
+    h ^= s.charCodeAt(i);
+    h = Math.imul(h, 0x01000193);
+  }
+  return h >>> 0;
+}
+
+/** MurmurHash3's finalizer: every input bit flips about half the output bits. */
+export function fmix32(h: number): number {
+  h ^= h >>> 16;
+  h = Math.imul(h, 0x85ebca6b);
+  h ^= h >>> 13;
+  h = Math.imul(h, 0xc2b2ae35);
+  h ^= h >>> 16;
+  return h >>> 0;
+}

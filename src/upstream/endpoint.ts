@@ -1,0 +1,146 @@
+import type { Address } from '../config/address.js';
+
+// One upstream server. Its health is a small state machine; every move goes
+// through Cluster.transition so it is validated, logged and counted once.
+//
+//   unknown ─┬─> up <──────> down
+//            │    │  ^         ^
+//            │    v  │         │
+//            └─> ejected ──────┘        any ──> draining (removed from config/membership)
+//
+// `unknown` endpoints are eligible: a fresh ballast must route before its first
+// check completes, as HAProxy does with servers that have `check`.
+
+export type EndpointState = 'unknown' | 'up' | 'down' | 'ejected' | 'draining';
+
+const ALLOWED: Record<EndpointState, readonly EndpointState[]> = {
+  unknown: ['up', 'down', 'ejected', 'draining'],
+  up: ['down', 'ejected', 'draining'],
+  down: ['up', 'draining'],
+  ejected: ['up', 'down', 'draining'],
+  draining: [],
+};
+
+export function canTransition(from: EndpointState, to: EndpointState): boolean {
+  return ALLOWED[from].includes(to);
+}
+
+/** What the data path reports about one attempt; the control plane decides what it means. */
+export type ConnectOutcome = 'connect_refused' | 'connect_timeout' | 'connect_error' | 'tls_error' | 'reset' | 'local_error';
+
+/** A live proxied connection as the control plane sees it. */
+export interface TrackedConnection {
+  close(reason: string): void;
+  /** Bytes client->upstream and upstream->client so far. */
+  bytesUp(): number;
+  bytesDown(): number;
+}
+
+export interface EtcdMemberStatus {
+  memberId: string;
+  leaderId: string;
+  raftIndex: number;
+  raftAppliedIndex: number;
+  raftTerm: number;
+  isLearner: boolean;
+  alarms: { memberId: string; alarm: string }[];
+  dbSize: number;
+  version: string;
+}
+
+export class Endpoint {
+  state: EndpointState = 'unknown';
+  reason = 'not checked yet';
+  /** Clock time of the last state change. */
+  since = 0;
+
+  // Connections: `active` is read by the balancers on every pick.
+  active = 0;
+  total = 0;
+  readonly connections = new Set<TrackedConnection>();
+  /** Bytes of closed connections plus the part of open ones already swept. */
+  bytesUp = 0;
+  bytesDown = 0;
+
+  // Active health.
+  okStreak = 0;
+  failStreak = 0;
+  lastCheckAt = 0;
+  lastCheckMs = 0;
+  lastCheckOk: boolean | undefined;
+  lastCheckReason = '';
+  checksOk = 0;
+  checksFailed = 0;
+  etcd: EtcdMemberStatus | undefined;
+  /** Highest raft index this member was ever seen at: "fail over forward" compares with it. */
+  lastRaftIndex = 0;
+
+  // Passive detection (outlier ejection).
+  passiveFailures = 0;
+  ejections = 0;
+  ejectedUntil = 0;
+  lastOutcome: ConnectOutcome | undefined;
+  /** Passive failures by outcome, for metrics. */
+  readonly outcomes = new Map<ConnectOutcome, number>();
+
+  /** When the endpoint last came up, for slow start. */
+  upSince = 0;
+
+  /** Position in the least-connections heap, -1 when not in it. */
+  heapIndex = -1;
+
+  /** Last TLS session from this endpoint, offered for resumption on the next connect. */
+  tlsSession: Buffer | undefined;
+
+  /** Per-state change counters for metrics: state -> count. */
+  readonly stateChanges = new Map<EndpointState, number>();
+  /** Health check results for metrics: result reason code -> count. */
+  readonly checkResults = new Map<string, number>();
+
+  constructor(
+    readonly id: string,
+    readonly address: Address,
+    readonly servername: string | undefined,
+    readonly weight: number,
+    now: number,
+  ) {
+    this.since = now;
+  }
+
+  get eligible(): boolean {
+    return this.state === 'up' || this.state === 'unknown';
+  }
+
+  /** Host for connect() and for server-name checks. */
+  get host(): string {
+    return this.address.kind === 'inet' ? this.address.host : 'localhost';
+  }
+
+  get port(): number {
+    return this.address.kind === 'inet' ? this.address.port : 0;
+  }
+
+  /** Sweep the byte counters of open connections into the totals (scrape time, not per chunk). */
+  sweepBytes(): void {
+    for (const c of this.connections) {
+      const up = c.bytesUp();
+      const down = c.bytesDown();
+      const s = swept.get(c);
+      this.bytesUp += up - (s?.up ?? 0);
+      this.bytesDown += down - (s?.down ?? 0);
+      swept.set(c, { up, down });
+    }
+  }
+
+  /** Account a closing connection's bytes that were not swept yet. */
+  settleBytes(c: TrackedConnection): void {
+    const s = swept.get(c);
+    this.bytesUp += c.bytesUp() - (s?.up ?? 0);
+    this.bytesDown += c.bytesDown() - (s?.down ?? 0);
+    if (s) swept.delete(c);
+  }
+}
+
+// Already-counted bytes of open connections, kept beside rather than on the
+// connection so the hot-path object stays small.
+const swept = new WeakMap<TrackedConnection, { up: number; down: number }>();
