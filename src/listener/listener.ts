@@ -1,0 +1,279 @@
+import { chmodSync, lstatSync, unlinkSync } from 'node:fs';
+import { createServer as createNetServer, connect as netConnect, type Server, type Socket } from 'node:net';
+import { createServer as createTlsServer, type TLSSocket, type TlsOptions } from 'node:tls';
+import type { Logger } from 'pino';
+import type { ListenerConfig } from '../config/load.js';
+import { RateLimitedLog } from '../log.js';
+import type { Cluster } from '../upstream/cluster.js';
+import { ProxyConnection, type ListenerPort, type OriginTls } from './proxy-connection.js';
+
+// A listener accepts clients on one address, optionally terminates and
+// authorizes TLS, and hands each connection to its cluster. Limits
+// (maxConnections) are enforced by the kernel-facing server itself, so a
+// flood is refused before any JavaScript object is made for it.
+
+/** What a TLS-terminating listener needs from the TLS layer. */
+export interface TlsTerminator {
+  readonly profile: string;
+  serverOptions(): TlsOptions;
+  /** Register for rotated material; returns an unsubscribe function. */
+  onRotate(fn: (opts: TlsOptions) => void): () => void;
+  /** Decide whether a completed handshake may proceed. Runs before any upstream is touched. */
+  authorize(socket: TLSSocket): { ok: true; identity: string; key: string } | { ok: false; reason: string; identity: string };
+  /** Reason code for a failed handshake ('tlsClientError'). */
+  handshakeFailureReason(err: NodeJS.ErrnoException): string;
+}
+
+export interface ListenerHooks {
+  /** TLS origination for the listener's cluster, read per connection (rotation swaps it). */
+  originTls(): OriginTls | undefined;
+  observeConnect(listener: Listener, seconds: number): void;
+  accessLog(line: Record<string, unknown>): void;
+}
+
+/** Result labels of ballast_listener_connections_total. */
+export type ConnectionResult = 'proxied' | 'no_endpoint' | 'connect_failed' | 'over_limit' | 'tls_refused' | 'client_closed' | 'draining' | 'accept_error';
+
+export class Listener implements ListenerPort {
+  readonly name: string;
+  server: Server | undefined;
+  active = 0;
+  draining = false;
+  readonly results = new Map<ConnectionResult, number>();
+  /** Handshake and authorization refusals by reason. */
+  readonly tlsFailures = new Map<string, number>();
+  readonly connections = new Set<ProxyConnection>();
+  private readonly rlog: RateLimitedLog;
+  private unsubscribeTls: (() => void) | undefined;
+
+  constructor(
+    public config: ListenerConfig,
+    public cluster: Cluster,
+    private readonly tls: TlsTerminator | undefined,
+    private readonly hooks: ListenerHooks,
+    private readonly log: Logger,
+  ) {
+    this.name = config.name;
+    this.rlog = new RateLimitedLog(log);
+  }
+
+  get idleTimeout(): number {
+    return this.config.idleTimeout;
+  }
+
+  get address(): string {
+    const a = this.config.listen;
+    return a.kind === 'unix' ? `unix:${a.path}` : a.text;
+  }
+
+  count(result: ConnectionResult): void {
+    this.results.set(result, (this.results.get(result) ?? 0) + 1);
+  }
+
+  async start(): Promise<void> {
+    const cfg = this.config;
+    let server: Server;
+    if (this.tls) {
+      const t = this.tls;
+      server = createTlsServer({ ...t.serverOptions(), allowHalfOpen: true, pauseOnConnect: false });
+      server.on('secureConnection', (s: TLSSocket) => this.onSecureConnection(s));
+      server.on('tlsClientError', (err: NodeJS.ErrnoException, s: TLSSocket) => this.onTlsError(err, s));
+      this.unsubscribeTls = t.onRotate((opts) => (server as ReturnType<typeof createTlsServer>).setSecureContext(opts));
+    } else {
+      server = createNetServer({ allowHalfOpen: true, noDelay: true });
+      server.on('connection', (s: Socket) => this.onConnection(s));
+    }
+    server.maxConnections = cfg.maxConnections;
+    server.on('drop', (d?: { remoteAddress?: string }) => {
+      this.count('over_limit');
+      this.rlog.warn(`drop:${this.name}`, { listener: this.name, limit: cfg.maxConnections, remote: d?.remoteAddress }, `${this.name}: over maxConnections (${cfg.maxConnections}); refusing new connections`);
+    });
+    server.on('error', (err: NodeJS.ErrnoException) => this.onServerError(err));
+    this.server = server;
+    await this.listen(server);
+  }
+
+  private listen(server: Server): Promise<void> {
+    const a = this.config.listen;
+    if (a.kind === 'unix') return this.listenUnix(server, a.path);
+    return new Promise((resolve, reject) => {
+      const onError = (err: NodeJS.ErrnoException) => reject(listenError(this.name, this.address, err));
+      server.once('error', onError);
+      server.listen({ host: a.host === '' ? undefined : a.host, port: a.port, backlog: this.config.backlog, exclusive: true }, () => {
+        server.removeListener('error', onError);
+        resolve();
+      });
+    });
+  }
+
+  private async listenUnix(server: Server, path: string): Promise<void> {
+    await removeStaleSocket(path, this.name);
+    await new Promise<void>((resolve, reject) => {
+      const onError = (err: NodeJS.ErrnoException) => reject(listenError(this.name, `unix:${path}`, err));
+      server.once('error', onError);
+      server.listen({ path, backlog: this.config.backlog }, () => {
+        server.removeListener('error', onError);
+        resolve();
+      });
+    });
+    chmodSync(path, this.config.socketMode);
+  }
+
+  private onServerError(err: NodeJS.ErrnoException): void {
+    if (err.code === 'EMFILE' || err.code === 'ENFILE') {
+      // libuv accepts and closes the pending connection with its reserve
+      // descriptor: the client is refused at once and we go on serving.
+      this.count('accept_error');
+      this.rlog.warn(`emfile:${this.name}`, { listener: this.name, code: err.code }, `${this.name}: out of file descriptors (${err.code}); refusing new connections until some close`);
+      return;
+    }
+    this.rlog.warn(`server-error:${this.name}`, { listener: this.name, err: err.message, code: err.code }, `${this.name}: listener error`);
+  }
+
+  private onConnection(s: Socket): void {
+    if (this.draining) {
+      this.count('draining');
+      s.destroy();
+      return;
+    }
+    const key = this.cluster.config.balance === 'affinity' ? (s.remoteAddress ?? '') : '';
+    this.begin(s, key, undefined, false);
+  }
+
+  private onSecureConnection(s: TLSSocket): void {
+    if (this.draining) {
+      this.count('draining');
+      s.destroy();
+      return;
+    }
+    const verdict = this.tls!.authorize(s);
+    if (!verdict.ok) {
+      this.refuseTls(verdict.reason, s, verdict.identity);
+      return;
+    }
+    const key = this.cluster.config.balance !== 'affinity' ? '' : this.cluster.config.affinity.key === 'source-ip' ? (s.remoteAddress ?? '') : verdict.key;
+    this.begin(s, key, verdict.identity, s.alpnProtocol ?? false);
+  }
+
+  private begin(s: Socket, key: string, identity: string | undefined, alpn: string | false): void {
+    this.active++;
+    const c = new ProxyConnection(s, this, key, identity, this.hooks.originTls(), alpn);
+    this.connections.add(c);
+    c.connect();
+  }
+
+  private onTlsError(err: NodeJS.ErrnoException, s: TLSSocket): void {
+    const reason = this.tls!.handshakeFailureReason(err);
+    this.refuseTls(reason, s, undefined, err.message);
+  }
+
+  private refuseTls(reason: string, s: TLSSocket, identity: string | undefined, detail?: string): void {
+    this.count('tls_refused');
+    this.tlsFailures.set(reason, (this.tlsFailures.get(reason) ?? 0) + 1);
+    this.rlog.warn(
+      `tls:${this.name}:${reason}`,
+      { listener: this.name, reason, identity, remote: s.remoteAddress, detail },
+      `${this.name}: refused TLS client (${reason})${identity ? `: ${identity}` : ''}`,
+    );
+    s.destroy();
+  }
+
+  // --- ListenerPort ----------------------------------------------------------
+
+  connectionClosed(c: ProxyConnection): void {
+    this.active--;
+    this.connections.delete(c);
+    // Exactly one result per connection: failures were counted when they happened.
+    if (!c.failed) this.count(c.everConnected ? 'proxied' : 'client_closed');
+    if (this.config.accessLog) {
+      this.hooks.accessLog({
+        listener: this.name,
+        client: c.client.remoteAddress,
+        clientPort: c.client.remotePort,
+        identity: c.identity,
+        cluster: this.cluster.name,
+        upstream: c.endpoint?.id,
+        attempts: c.attempts,
+        bytesUp: c.bytesUp(),
+        bytesDown: c.bytesDown(),
+        durationMs: Math.round(performance.now() - c.startedAt),
+        reason: c.closeReason,
+      });
+    }
+  }
+
+  connectionFailed(c: ProxyConnection, reason: string): void {
+    this.count(reason === 'no_endpoint' ? 'no_endpoint' : 'connect_failed');
+    this.rlog.warn(
+      `fail:${this.name}:${reason}`,
+      { listener: this.name, cluster: this.cluster.name, reason, attempts: c.attempts, tried: c.tried?.map((e) => e.id) },
+      reason === 'no_endpoint'
+        ? `${this.name}: no endpoint of cluster ${this.cluster.name} to send a client to; closed it`
+        : `${this.name}: could not reach any endpoint of ${this.cluster.name} after ${c.attempts} attempts; closed the client`,
+    );
+  }
+
+  observeConnect(seconds: number): void {
+    this.hooks.observeConnect(this, seconds);
+  }
+
+  // --- lifecycle ------------------------------------------------------------
+
+  /** Stop accepting; open connections continue. Resolves when the socket is closed. */
+  stopAccepting(): Promise<void> {
+    this.draining = true;
+    this.unsubscribeTls?.();
+    const server = this.server;
+    if (!server || !server.listening) return Promise.resolve();
+    // close() stops listening at once; its callback would wait for every
+    // open connection, which is the drain's job, not ours.
+    server.close();
+    if (this.config.listen.kind === 'unix') {
+      try {
+        unlinkSync(this.config.listen.path);
+      } catch {
+        // already gone
+      }
+    }
+    return Promise.resolve();
+  }
+
+  closeAll(reason: string): void {
+    for (const c of [...this.connections]) c.close(reason);
+  }
+}
+
+function listenError(name: string, address: string, err: NodeJS.ErrnoException): Error {
+  const hint =
+    err.code === 'EADDRINUSE'
+      ? 'another process is listening there; stop it or choose another port'
+      : err.code === 'EACCES'
+        ? 'permission denied; ports below 1024 need CAP_NET_BIND_SERVICE'
+        : err.code === 'EADDRNOTAVAIL'
+          ? 'no interface has that address'
+          : err.message;
+  const e = new Error(`listeners.${name}: cannot listen on ${address}: ${err.code ?? 'error'} (${hint})`);
+  (e as NodeJS.ErrnoException).code = err.code;
+  return e;
+}
+
+/** A socket file left by a dead ballast is removed; one that still answers is an error. */
+async function removeStaleSocket(path: string, name: string): Promise<void> {
+  let isSocket = false;
+  try {
+    isSocket = lstatSync(path).isSocket();
+  } catch {
+    return;
+  }
+  if (!isSocket) throw new Error(`listeners.${name}: ${path} exists and is not a socket; refusing to replace it`);
+  const alive = await new Promise<boolean>((resolve) => {
+    const s = netConnect({ path });
+    s.once('connect', () => {
+      s.destroy();
+      resolve(true);
+    });
+    s.once('error', () => resolve(false));
+  });
+  if (alive) throw new Error(`listeners.${name}: unix:${path} is in use by another process`);
+  unlinkSync(path);
+}

@@ -1,0 +1,317 @@
+import { connect as netConnect, type Socket } from 'node:net';
+import { connect as tlsConnect, type SecureContext, type TLSSocket } from 'node:tls';
+import type { Cluster } from '../upstream/cluster.js';
+import type { ConnectOutcome, Endpoint, TrackedConnection } from '../upstream/endpoint.js';
+
+// The hot path: one client connection, its upstream, and the bytes between
+// them. Handlers are module-level functions that find their connection
+// through a symbol on the socket, so accepting a connection allocates the
+// connection object and nothing per event; nothing here logs or builds
+// strings per chunk. Bytes are read from the sockets' own counters when the
+// connection closes or when metrics are scraped.
+
+export const kConn = Symbol('ballast.connection');
+type Tagged = (Socket | TLSSocket) & { [kConn]: ProxyConnection };
+
+/** How the listener wants this connection handled; shared by all its connections. */
+export interface ListenerPort {
+  readonly name: string;
+  readonly cluster: Cluster;
+  readonly idleTimeout: number;
+  /** Called once per connection when it is fully closed. */
+  connectionClosed(c: ProxyConnection): void;
+  /** The connection could not be routed; reason is a metric label. */
+  connectionFailed(c: ProxyConnection, reason: string): void;
+  /** Upstream connect latency, seconds. */
+  observeConnect(seconds: number): void;
+}
+
+/** TLS origination settings of a cluster, swapped whole on rotation. */
+export interface OriginTls {
+  context: SecureContext;
+  servername(e: Endpoint): string | undefined;
+  alpn: string[];
+}
+
+const CONNECTING = 0;
+const PIPING = 1;
+const CLOSED = 2;
+
+export class ProxyConnection implements TrackedConnection {
+  upstream: Socket | TLSSocket | null = null;
+  endpoint: Endpoint | null = null;
+  state = CONNECTING;
+  attempts = 0;
+  tried: Endpoint[] | null = null;
+  closeReason = '';
+  /** Counted as no_endpoint/connect_failed already. */
+  failed = false;
+  everConnected = false;
+  /** performance.now() at accept and at the current connect attempt. */
+  readonly startedAt: number;
+  connectStartedAt = 0;
+  /** Sockets still open; the connection is finished when this reaches zero. */
+  private open = 1;
+
+  constructor(
+    readonly client: Socket | TLSSocket,
+    readonly port: ListenerPort,
+    /** Affinity key: identity fingerprint, CN, SAN or source IP. */
+    readonly key: string,
+    /** The client's authenticated identity, for the access log. */
+    readonly identity: string | undefined,
+    private readonly originTls: OriginTls | undefined,
+    /** ALPN the client negotiated, carried to the upstream. */
+    private readonly alpn: string | false,
+  ) {
+    this.startedAt = performance.now();
+    const c = client as Tagged;
+    c[kConn] = this;
+    client.on('error', onClientError);
+    client.on('close', onClientClose);
+    if (port.idleTimeout > 0) {
+      // One timer per connection, on the client side only: Node refreshes it
+      // on reads and on writes, so traffic in either direction counts.
+      client.setTimeout(port.idleTimeout);
+      client.on('timeout', onIdleTimeout);
+    }
+  }
+
+  bytesUp(): number {
+    return this.client.bytesRead;
+  }
+
+  bytesDown(): number {
+    return this.client.bytesWritten;
+  }
+
+  connect(): void {
+    const cluster = this.port.cluster;
+    const e = cluster.pick({ key: this.key, tried: this.tried });
+    if (e === undefined) {
+      this.fail(this.tried === null ? 'no_endpoint' : 'connect_failed');
+      return;
+    }
+    this.endpoint = e;
+    this.attempts++;
+    this.connectStartedAt = performance.now();
+    const keepAlive = cluster.config.keepalive.idle > 0;
+    let s: Socket | TLSSocket;
+    if (this.originTls === undefined) {
+      s = e.address.kind === 'unix'
+        ? netConnect({ path: e.address.path, allowHalfOpen: true })
+        : netConnect({ host: e.host, port: e.port, allowHalfOpen: true, noDelay: true, keepAlive, keepAliveInitialDelay: cluster.config.keepalive.idle });
+      s.on('connect', onUpstreamConnect);
+    } else {
+      const t = this.originTls;
+      const alpn = this.alpn !== false ? [this.alpn] : t.alpn;
+      s = tlsConnect({
+        ...(e.address.kind === 'unix' ? { path: e.address.path } : { host: e.host, port: e.port }),
+        secureContext: t.context,
+        servername: t.servername(e),
+        ALPNProtocols: alpn,
+        session: e.tlsSession,
+        allowHalfOpen: true,
+        noDelay: true,
+        keepAlive,
+        keepAliveInitialDelay: cluster.config.keepalive.idle,
+      } as unknown as Parameters<typeof tlsConnect>[0]);
+      s.on('secureConnect', onUpstreamConnect);
+      s.on('session', onUpstreamSession);
+    }
+    (s as Tagged)[kConn] = this;
+    this.upstream = s;
+    s.setTimeout(cluster.config.connectTimeout);
+    s.on('timeout', onUpstreamConnectTimeout);
+    s.on('error', onUpstreamError);
+    s.on('close', onUpstreamClose);
+  }
+
+  /** Connected (and TLS-established) to the upstream: start pumping. */
+  connected(): void {
+    const s = this.upstream!;
+    const e = this.endpoint!;
+    this.state = PIPING;
+    this.everConnected = true;
+    this.open = 2;
+    s.setTimeout(0);
+    s.removeListener('timeout', onUpstreamConnectTimeout);
+    this.port.observeConnect((performance.now() - this.connectStartedAt) / 1000);
+    this.port.cluster.opened(e, this);
+    const c = this.client;
+    if (this.port.cluster.config.keepalive.idle > 0) c.setKeepAlive(true, this.port.cluster.config.keepalive.idle);
+    c.setNoDelay(true);
+    c.on('data', onClientData);
+    c.on('end', onClientEnd);
+    c.on('drain', onClientDrain);
+    s.on('data', onUpstreamData);
+    s.on('end', onUpstreamEnd);
+    s.on('drain', onUpstreamDrain);
+  }
+
+  /** A connect attempt failed: tell the cluster, then try the next endpoint or give up. */
+  attemptFailed(outcome: ConnectOutcome): void {
+    const e = this.endpoint!;
+    const s = this.upstream!;
+    this.upstream = null;
+    (s as Partial<Tagged>)[kConn] = undefined;
+    s.removeListener('close', onUpstreamClose);
+    s.destroy();
+    // Our own descriptor exhaustion says nothing about the endpoint.
+    if (outcome !== 'local_error') this.port.cluster.reportFailure(e, outcome);
+    if (this.state === CLOSED) return;
+    (this.tried ??= []).push(e);
+    if (this.attempts >= this.port.cluster.config.connectAttempts) {
+      this.fail('connect_failed');
+      return;
+    }
+    this.endpoint = null;
+    this.connect();
+  }
+
+  abandonAttempt(): void {
+    const s = this.upstream!;
+    this.upstream = null;
+    (s as Partial<Tagged>)[kConn] = undefined;
+    s.destroy();
+  }
+
+  private fail(reason: string): void {
+    this.closeReason = reason;
+    this.failed = true;
+    this.port.connectionFailed(this, reason);
+    this.destroyAll();
+  }
+
+  /** Close both sides now (idle timeout, endpoint down, drain deadline, refusal). */
+  close(reason: string): void {
+    if (this.state === CLOSED) return;
+    if (this.closeReason === '') this.closeReason = reason;
+    this.destroyAll();
+  }
+
+  private destroyAll(): void {
+    this.client.destroy();
+    this.upstream?.destroy();
+  }
+
+  /** One socket closed; the connection ends when both have. */
+  sideClosed(): void {
+    if (--this.open > 0) return;
+    if (this.state === CLOSED) return;
+    const wasPiping = this.state === PIPING;
+    this.state = CLOSED;
+    if (wasPiping) this.port.cluster.closed(this.endpoint!, this);
+    this.port.connectionClosed(this);
+  }
+}
+
+function conn(s: Socket): ProxyConnection {
+  return (s as Tagged)[kConn];
+}
+
+function onClientData(this: Socket, chunk: Buffer): void {
+  // Backpressure: stop reading the client while the upstream's buffer is full.
+  if (!conn(this).upstream!.write(chunk)) this.pause();
+}
+
+function onUpstreamData(this: Socket, chunk: Buffer): void {
+  if (!conn(this).client.write(chunk)) this.pause();
+}
+
+function onUpstreamDrain(this: Socket): void {
+  conn(this).client.resume();
+}
+
+function onClientDrain(this: Socket): void {
+  conn(this).upstream?.resume();
+}
+
+// Half-close: a FIN from one side becomes a FIN to the other, and the
+// connection lives on in the other direction (allowHalfOpen on both sockets).
+function onClientEnd(this: Socket): void {
+  const c = conn(this);
+  if (c.closeReason === '') c.closeReason = 'client_fin';
+  c.upstream?.end();
+}
+
+function onUpstreamEnd(this: Socket): void {
+  const c = conn(this);
+  if (c.closeReason === '') c.closeReason = 'upstream_fin';
+  c.client.end();
+}
+
+function onClientError(this: Socket, err: NodeJS.ErrnoException): void {
+  const c = conn(this);
+  if (c.closeReason === '') c.closeReason = `client_error:${err.code ?? 'unknown'}`;
+  c.upstream?.destroy();
+}
+
+function onClientClose(this: Socket): void {
+  const c = conn(this);
+  const u = c.upstream;
+  if (c.closeReason === '') c.closeReason = 'client_closed';
+  if (c.state === CONNECTING && u !== null) {
+    // The client left while we were still connecting: abandon the attempt
+    // without blaming the endpoint.
+    c.abandonAttempt();
+  } else if (u !== null && !(this.readableEnded && this.writableFinished)) {
+    // A clean close (both directions finished) lets the upstream finish its
+    // own pending writes; anything else tears the upstream down at once.
+    u.destroy();
+  }
+  c.sideClosed();
+}
+
+function onUpstreamConnect(this: Socket): void {
+  const c = (this as Partial<Tagged>)[kConn];
+  if (c !== undefined && c.upstream === this && c.state === CONNECTING) c.connected();
+}
+
+function onUpstreamSession(this: TLSSocket, session: Buffer): void {
+  const c = (this as Partial<Tagged>)[kConn];
+  if (c?.endpoint) c.endpoint.tlsSession = session;
+}
+
+function onUpstreamConnectTimeout(this: Socket): void {
+  const c = (this as Partial<Tagged>)[kConn];
+  if (c !== undefined && c.state === CONNECTING && c.upstream === this) c.attemptFailed('connect_timeout');
+}
+
+function onUpstreamError(this: Socket, err: NodeJS.ErrnoException): void {
+  const c = (this as Partial<Tagged>)[kConn];
+  if (c === undefined || c.upstream !== this) return;
+  if (c.state === CONNECTING) {
+    c.attemptFailed(outcomeOf(err, this));
+    return;
+  }
+  if (c.closeReason === '') c.closeReason = `upstream_error:${err.code ?? 'unknown'}`;
+  if (err.code === 'ECONNRESET' || err.code === 'EPIPE') c.port.cluster.reportFailure(c.endpoint!, 'reset');
+  c.client.destroy();
+}
+
+function onUpstreamClose(this: Socket): void {
+  const c = (this as Partial<Tagged>)[kConn];
+  if (c === undefined || c.upstream !== this) return;
+  if (c.state === CONNECTING) {
+    // Closed before connecting without an error event: treat as refused.
+    c.attemptFailed('connect_error');
+    return;
+  }
+  if (!(this.readableEnded && this.writableFinished)) c.client.destroy();
+  if (c.closeReason === '') c.closeReason = 'upstream_closed';
+  c.sideClosed();
+}
+
+function onIdleTimeout(this: Socket): void {
+  conn(this).close('idle_timeout');
+}
+
+function outcomeOf(err: NodeJS.ErrnoException, s: Socket): ConnectOutcome {
+  if (err.code === 'ECONNREFUSED' || err.code === 'ENOENT') return 'connect_refused';
+  if (err.code === 'EMFILE' || err.code === 'ENFILE' || err.code === 'EADDRNOTAVAIL' || err.code === 'ENOBUFS') return 'local_error';
+  // An error after TCP connected but before TLS finished is the handshake's.
+  if ((s as TLSSocket).encrypted && s.remoteAddress !== undefined && !s.connecting) return 'tls_error';
+  if (err.code?.startsWith('ERR_TLS') || err.code?.startsWith('ERR_SSL') || /certificate|self.signed|CERT|altnames/i.test(err.message)) return 'tls_error';
+  return 'connect_error';
+}
