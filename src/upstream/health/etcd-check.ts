@@ -1,0 +1,137 @@
+import { noop } from 'cockatiel';
+import { Etcd3 } from 'etcd3';
+import type { HealthConfig } from '../../config/load.js';
+import type { Cluster } from '../cluster.js';
+import type { Endpoint, EtcdMemberStatus } from '../endpoint.js';
+import { describeError, failed, type HealthCheck } from './health-check.js';
+import type { CheckTls } from './http-check.js';
+
+// etcd's own view of a member, through its maintenance API over the cluster's
+// TLS. A member is up only if it answers, knows a leader, carries no alarm of
+// its own, is a voting member, and has not fallen more than maxRaftLag entries
+// behind the most advanced member seen. The last rule is the one TCP checks
+// cannot make: a member cut off from the quorum keeps answering (and serving
+// stale serializable reads) long after it stopped committing
+// (kubernetes/kubernetes#128812, #59074, #72796).
+
+export class EtcdCheck implements HealthCheck {
+  readonly kind = 'etcd';
+  private readonly clients = new Map<Endpoint, { version: number; client: Etcd3 }>();
+
+  constructor(
+    private readonly cluster: Cluster,
+    private readonly health: () => HealthConfig,
+    private readonly tls: () => CheckTls | undefined,
+  ) {}
+
+  async run(e: Endpoint, signal: AbortSignal): ReturnType<HealthCheck['run']> {
+    const client = this.clientFor(e);
+    const h = this.health();
+    let raw;
+    try {
+      raw = await client.maintenance.status({ deadline: new Date(Date.now() + h.timeout + 50) });
+    } catch (err) {
+      if (signal.aborted) throw err;
+      const d = describeError(err);
+      const msg = (err as Error).message ?? '';
+      if (/UNAVAILABLE|ECONNREFUSED|No connection established/i.test(msg)) return failed(d.code === 'error' ? 'unavailable' : d.code, `unavailable: ${msg.split('\n')[0]}`);
+      return failed(d.code, d.reason);
+    }
+    const status = toStatus(raw);
+    const result = { etcd: status };
+    if (status.leaderId === '0') return { ...failed('no_leader', 'no leader'), ...result };
+    const mine = status.alarms.filter((a) => a.memberId === '' || a.memberId === status.memberId).map((a) => a.alarm);
+    if (mine.length > 0) return { ...failed('alarm', `alarm ${mine.join(', ')}`), ...result };
+    if (status.isLearner) return { ...failed('learner', 'learner (not a voting member yet)'), ...result };
+    // Compare only with samples taken before this one, so the timing of
+    // checks under write load can make a member look ahead, never behind.
+    let highest = 0;
+    for (const other of this.cluster.endpoints) {
+      if (other !== e && other.etcd !== undefined && other.lastCheckOk === true) highest = Math.max(highest, other.etcd.raftIndex);
+    }
+    const lag = highest - status.raftIndex;
+    if (h.maxRaftLag > 0 && lag > h.maxRaftLag) return { ...failed('raft_lag', `raft lag ${lag} > ${h.maxRaftLag}`), ...result };
+    return { ok: true, code: 'ok', reason: status.memberId === status.leaderId ? `leader, raft index ${status.raftIndex}` : `follower, raft index ${status.raftIndex}`, ...result };
+  }
+
+  private clientFor(e: Endpoint): Etcd3 {
+    const t = this.tls();
+    const version = t?.version ?? 0;
+    const cached = this.clients.get(e);
+    if (cached?.version === version) return cached.client;
+    if (cached) cached.client.close();
+    const scheme = t?.ca ? 'https' : 'http';
+    const host = e.address.kind === 'inet' ? (e.address.family === 6 ? `[${e.host}]` : e.host) : 'localhost';
+    const servername = t?.servername(e);
+    const client = new Etcd3({
+      hosts: e.address.kind === 'unix' ? `unix://${e.address.path}` : `${scheme}://${host}:${e.port}`,
+      ...(t?.ca ? { credentials: { rootCertificate: t.ca, ...(t.cert ? { certChain: t.cert, privateKey: t.key! } : {}) } } : {}),
+      // The checker owns retries and timeouts; etcd3's own circuit breaker
+      // and retry would hide the very failures we are looking for.
+      faultHandling: { host: () => noop, global: noop },
+      dialTimeout: this.health().timeout,
+      grpcOptions: {
+        'grpc.initial_reconnect_backoff_ms': 100,
+        'grpc.min_reconnect_backoff_ms': 100,
+        'grpc.max_reconnect_backoff_ms': 1000,
+        ...(servername ? { 'grpc.ssl_target_name_override': servername, 'grpc.default_authority': servername } : {}),
+      },
+    });
+    this.clients.set(e, { version, client });
+    return client;
+  }
+
+  forget(e: Endpoint): void {
+    this.clients.get(e)?.client.close();
+    this.clients.delete(e);
+  }
+
+  close(): void {
+    for (const c of this.clients.values()) c.client.close();
+    this.clients.clear();
+  }
+}
+
+interface RawStatus {
+  header: { member_id: string };
+  leader: string;
+  raftIndex: string;
+  raftAppliedIndex?: string;
+  raftTerm: string;
+  isLearner?: boolean;
+  errors?: string[];
+  dbSize: string;
+  version: string;
+}
+
+function toStatus(raw: RawStatus): EtcdMemberStatus {
+  const alarms = (raw.errors ?? []).map(parseAlarm).filter((a): a is { memberId: string; alarm: string } => a !== undefined);
+  return {
+    memberId: hexId(raw.header.member_id),
+    leaderId: hexId(raw.leader),
+    raftIndex: Number(raw.raftIndex),
+    raftAppliedIndex: Number(raw.raftAppliedIndex ?? raw.raftIndex),
+    raftTerm: Number(raw.raftTerm),
+    isLearner: raw.isLearner === true,
+    alarms,
+    dbSize: Number(raw.dbSize),
+    version: raw.version,
+  };
+}
+
+/** etcd prints "memberID:8211f1d0f64f3269 alarm:NOSPACE " in status errors. */
+function parseAlarm(text: string): { memberId: string; alarm: string } | undefined {
+  const m = /memberID:\s*([0-9a-fA-Fx]+)\s+alarm:\s*([A-Z_]+)/.exec(text);
+  if (!m) return undefined;
+  const id = m[1]!;
+  // The memberID in the alarm string is decimal in etcd 3.4.
+  return { memberId: /^[0-9]+$/.test(id) ? hexId(id) : id.toLowerCase(), alarm: m[2]! };
+}
+
+export function hexId(decimal: string): string {
+  try {
+    return BigInt(decimal).toString(16);
+  } catch {
+    return decimal;
+  }
+}
