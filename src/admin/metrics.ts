@@ -1,0 +1,167 @@
+import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
+import type { Ballast } from '../ballast.js';
+import { VERSION } from '../version.js';
+
+// Every metric ballast exports, declared once (Envoy's ALL_*_STATS habit), so
+// /metrics, the README's table and the dashboard cannot drift apart.
+// Counters and gauges are read from the components' own plain fields at
+// scrape time: the data path increments integers, never a labelled metric.
+
+export const METRICS = {
+  info: { name: 'ballast_info', help: 'Build information; always 1.', labels: ['version', 'node'] },
+  listenerConnections: { name: 'ballast_listener_connections_total', help: 'Client connections by outcome: proxied, no_endpoint, connect_failed, over_limit, tls_refused, client_closed, draining, accept_error.', labels: ['listener', 'result'] },
+  listenerActive: { name: 'ballast_listener_active_connections', help: 'Client connections open now.', labels: ['listener'] },
+  upstreamHealthy: { name: 'ballast_upstream_healthy', help: '1 when the endpoint is up (checked healthy), else 0.', labels: ['cluster', 'endpoint'] },
+  upstreamState: { name: 'ballast_upstream_state', help: '1 for the endpoint\'s current state (unknown, up, down, ejected, draining).', labels: ['cluster', 'endpoint', 'state'] },
+  upstreamActive: { name: 'ballast_upstream_active_connections', help: 'Proxied connections open to the endpoint now.', labels: ['cluster', 'endpoint'] },
+  upstreamConnections: { name: 'ballast_upstream_connections_total', help: 'Proxied connections established to the endpoint.', labels: ['cluster', 'endpoint'] },
+  upstreamConnectDuration: { name: 'ballast_upstream_connect_duration_seconds', help: 'Time to connect to an upstream (TCP, plus TLS when originating).', labels: ['cluster'] },
+  upstreamBytes: { name: 'ballast_upstream_bytes_total', help: 'Bytes proxied; direction up is client to endpoint, down is endpoint to client.', labels: ['cluster', 'endpoint', 'direction'] },
+  upstreamFailures: { name: 'ballast_upstream_failures_total', help: 'Passive failures seen on the data path: connect_refused, connect_timeout, connect_error, tls_error, reset.', labels: ['cluster', 'endpoint', 'outcome'] },
+  upstreamChecks: { name: 'ballast_upstream_health_checks_total', help: 'Active health check results by reason code.', labels: ['cluster', 'endpoint', 'result'] },
+  upstreamStateChanges: { name: 'ballast_upstream_state_changes_total', help: 'Endpoint state transitions by the state entered.', labels: ['cluster', 'endpoint', 'state'] },
+  upstreamEjections: { name: 'ballast_upstream_ejections_total', help: 'Outlier ejections (passive detection).', labels: ['cluster', 'endpoint'] },
+  upstreamRaftIndex: { name: 'ballast_upstream_etcd_raft_index', help: 'Raft index the etcd member reported at its last check.', labels: ['cluster', 'endpoint'] },
+  clusterPanic: { name: 'ballast_cluster_panic', help: '1 while no endpoint is healthy and panic: open routes to all of them.', labels: ['cluster'] },
+  clusterHealthyEndpoints: { name: 'ballast_cluster_healthy_endpoints', help: 'Endpoints eligible for new connections.', labels: ['cluster'] },
+  clusterPanicRoutes: { name: 'ballast_cluster_panic_routes_total', help: 'Connections routed in panic mode.', labels: ['cluster'] },
+  affinityMoves: { name: 'ballast_affinity_moves_total', help: 'Clients moved to another member, by reason: member_down, member_removed, rebalance.', labels: ['cluster', 'reason'] },
+  affinityBehind: { name: 'ballast_affinity_behind_moves_total', help: 'Moves that had to land on a member behind the one left (no caught-up member was healthy).', labels: ['cluster'] },
+  affinityPlacements: { name: 'ballast_affinity_placements', help: 'Clients with a remembered placement.', labels: ['cluster'] },
+  tlsHandshakeFailures: { name: 'ballast_tls_handshake_failures_total', help: 'Refused TLS clients by reason (handshake or authorization).', labels: ['listener', 'reason'] },
+  tlsExpiry: { name: 'ballast_tls_certificate_expiry_seconds', help: 'Seconds until the earliest certificate of the profile expires.', labels: ['profile'] },
+  tlsReloads: { name: 'ballast_tls_reloads_total', help: 'Certificate rotations by result.', labels: ['profile', 'result'] },
+  configReloads: { name: 'ballast_config_reloads_total', help: 'Config reloads by result.', labels: ['result'] },
+  discoverySyncs: { name: 'ballast_discovery_syncs_total', help: 'etcd member list syncs by result.', labels: ['cluster', 'result'] },
+  discoveryMembers: { name: 'ballast_discovery_members', help: 'Members in the last etcd member list.', labels: ['cluster'] },
+  backupLastSuccess: { name: 'ballast_backup_last_success_timestamp_seconds', help: 'Unix time of the newest verified snapshot.', labels: [] },
+  backupDuration: { name: 'ballast_backup_duration_seconds', help: 'Duration of the last snapshot attempt.', labels: [] },
+  backupSize: { name: 'ballast_backup_size_bytes', help: 'Size of the newest verified snapshot.', labels: [] },
+  backupFailures: { name: 'ballast_backup_failures_total', help: 'Failed snapshot attempts by reason.', labels: ['reason'] },
+  drillLastSuccess: { name: 'ballast_restore_drill_last_success_timestamp_seconds', help: 'Unix time of the last successful restore drill.', labels: [] },
+} as const;
+
+export type MetricKey = keyof typeof METRICS;
+
+export class Metrics {
+  readonly registry = new Registry();
+  readonly connectDuration: Histogram<'cluster'>;
+  private readonly connectChildren = new Map<string, { observe(v: number): void }>();
+
+  constructor(private readonly ballast: Ballast) {
+    const r = this.registry;
+    collectDefaultMetrics({ register: r });
+    const b = () => this.ballast;
+    const gauge = (k: MetricKey, collect: (g: Gauge<string>) => void) =>
+      new Gauge({ name: METRICS[k].name, help: METRICS[k].help, labelNames: [...METRICS[k].labels], registers: [r], collect() { this.reset(); collect(this); } });
+    const counter = (k: MetricKey, collect: (c: Counter<string>) => void) =>
+      new Counter({ name: METRICS[k].name, help: METRICS[k].help, labelNames: [...METRICS[k].labels], registers: [r], collect() { this.reset(); collect(this); } });
+
+    gauge('info', (g) => g.set({ version: VERSION, node: process.versions.node }, 1));
+    counter('listenerConnections', (c) => {
+      for (const l of b().listeners.values()) for (const [result, n] of l.results) c.inc({ listener: l.name, result }, n);
+    });
+    gauge('listenerActive', (g) => {
+      for (const l of b().listeners.values()) g.set({ listener: l.name }, l.active);
+    });
+    const eachEndpoint = (fn: (cluster: string, e: import('../upstream/endpoint.js').Endpoint) => void) => {
+      for (const c of b().clusters.values()) {
+        for (const e of c.endpoints) fn(c.name, e);
+        for (const e of c.draining) fn(c.name, e);
+      }
+    };
+    gauge('upstreamHealthy', (g) => eachEndpoint((cluster, e) => g.set({ cluster, endpoint: e.id }, e.state === 'up' ? 1 : 0)));
+    gauge('upstreamState', (g) =>
+      eachEndpoint((cluster, e) => {
+        for (const state of ['unknown', 'up', 'down', 'ejected', 'draining']) g.set({ cluster, endpoint: e.id, state }, e.state === state ? 1 : 0);
+      }),
+    );
+    gauge('upstreamActive', (g) => eachEndpoint((cluster, e) => g.set({ cluster, endpoint: e.id }, e.active)));
+    counter('upstreamConnections', (c) => eachEndpoint((cluster, e) => c.inc({ cluster, endpoint: e.id }, e.total)));
+    counter('upstreamBytes', (c) =>
+      eachEndpoint((cluster, e) => {
+        e.sweepBytes();
+        c.inc({ cluster, endpoint: e.id, direction: 'up' }, e.bytesUp);
+        c.inc({ cluster, endpoint: e.id, direction: 'down' }, e.bytesDown);
+      }),
+    );
+    counter('upstreamFailures', (c) => eachEndpoint((cluster, e) => e.outcomes.forEach((n, outcome) => c.inc({ cluster, endpoint: e.id, outcome }, n))));
+    counter('upstreamChecks', (c) => eachEndpoint((cluster, e) => e.checkResults.forEach((n, result) => c.inc({ cluster, endpoint: e.id, result }, n))));
+    counter('upstreamStateChanges', (c) => eachEndpoint((cluster, e) => e.stateChanges.forEach((n, state) => c.inc({ cluster, endpoint: e.id, state }, n))));
+    counter('upstreamEjections', (c) => eachEndpoint((cluster, e) => c.inc({ cluster, endpoint: e.id }, e.ejections)));
+    gauge('upstreamRaftIndex', (g) => eachEndpoint((cluster, e) => e.etcd && g.set({ cluster, endpoint: e.id }, e.etcd.raftIndex)));
+    gauge('clusterPanic', (g) => b().clusters.forEach((c) => g.set({ cluster: c.name }, c.panicMode ? 1 : 0)));
+    gauge('clusterHealthyEndpoints', (g) => b().clusters.forEach((c) => g.set({ cluster: c.name }, c.eligibleCount)));
+    counter('clusterPanicRoutes', (c) => b().clusters.forEach((cl) => c.inc({ cluster: cl.name }, cl.panicRoutes)));
+    counter('affinityMoves', (c) =>
+      b().clusters.forEach((cl) => {
+        const a = cl.affinity;
+        if (!a) return;
+        for (const reason of ['member_down', 'member_removed', 'rebalance'] as const) c.inc({ cluster: cl.name, reason }, a.moves.get(reason) ?? 0);
+      }),
+    );
+    counter('affinityBehind', (c) => b().clusters.forEach((cl) => cl.affinity && c.inc({ cluster: cl.name }, cl.affinity.behindMoves)));
+    gauge('affinityPlacements', (g) => b().clusters.forEach((cl) => cl.affinity && g.set({ cluster: cl.name }, cl.affinity.placementCount)));
+    counter('tlsHandshakeFailures', (c) => {
+      for (const l of b().listeners.values()) for (const [reason, n] of l.tlsFailures) c.inc({ listener: l.name, reason }, n);
+    });
+    gauge('tlsExpiry', (g) => b().tls.forEach((p) => Number.isFinite(p.expirySeconds()) && g.set({ profile: p.profile }, Math.round(p.expirySeconds()))));
+    counter('tlsReloads', (c) =>
+      b().tls.forEach((p) => {
+        c.inc({ profile: p.profile, result: 'ok' }, p.reloadsOk);
+        c.inc({ profile: p.profile, result: 'failed' }, p.reloadsFailed);
+      }),
+    );
+    counter('configReloads', (c) => {
+      c.inc({ result: 'ok' }, b().reloads.ok);
+      c.inc({ result: 'failed' }, b().reloads.failed);
+    });
+    counter('discoverySyncs', (c) =>
+      b().discovery.forEach((d, name) => {
+        c.inc({ cluster: name, result: 'ok' }, d.syncsOk);
+        c.inc({ cluster: name, result: 'failed' }, d.syncsFailed);
+      }),
+    );
+    gauge('discoveryMembers', (g) => b().discovery.forEach((d, name) => g.set({ cluster: name }, d.members.length)));
+    const backup = () => b().backup;
+    gauge('backupLastSuccess', (g) => {
+      const s = backup()?.stats;
+      if (s?.lastSuccessAt) g.set(s.lastSuccessAt / 1000);
+    });
+    gauge('backupDuration', (g) => {
+      const s = backup()?.stats;
+      if (s?.lastDurationMs !== undefined) g.set(s.lastDurationMs / 1000);
+    });
+    gauge('backupSize', (g) => {
+      const s = backup()?.stats;
+      if (s?.lastSize !== undefined) g.set(s.lastSize);
+    });
+    counter('backupFailures', (c) => backup()?.stats.failures.forEach((n, reason) => c.inc({ reason }, n)));
+    gauge('drillLastSuccess', (g) => {
+      const s = backup()?.stats;
+      if (s?.lastDrillAt) g.set(s.lastDrillAt / 1000);
+    });
+
+    this.connectDuration = new Histogram({
+      name: METRICS.upstreamConnectDuration.name,
+      help: METRICS.upstreamConnectDuration.help,
+      labelNames: ['cluster'],
+      buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
+      registers: [r],
+    });
+  }
+
+  /** A cached child per cluster: one bucket search per connection, no label hashing. */
+  connectObserver(cluster: string): { observe(v: number): void } {
+    let child = this.connectChildren.get(cluster);
+    if (!child) {
+      child = this.connectDuration.labels({ cluster });
+      this.connectChildren.set(cluster, child);
+    }
+    return child;
+  }
+
+  async render(): Promise<{ contentType: string; body: string }> {
+    return { contentType: this.registry.contentType, body: await this.registry.metrics() };
+  }
+}

@@ -1,0 +1,363 @@
+import type { Logger } from 'pino';
+import type { BackupStats } from './backup/stats.js';
+import { systemClock, type Clock } from './clock.js';
+import { loadConfigFile, type ClusterConfig, type Config, type ListenerConfig } from './config/load.js';
+import { Listener, type ListenerHooks } from './listener/listener.js';
+import type { OriginTls } from './listener/proxy-connection.js';
+import { Metrics } from './admin/metrics.js';
+import { TlsProfileRuntime, serverName } from './tls/tls-profile.js';
+import { readMaterial } from './tls/material.js';
+import { Cluster } from './upstream/cluster.js';
+import { EtcdMemberDiscovery } from './upstream/discovery/etcd-members.js';
+import { createHealthChecker, type CheckTls } from './upstream/health/index.js';
+import type { HealthChecker } from './upstream/health/health-checker.js';
+
+// The running proxy: TLS profiles, clusters with their health checkers and
+// discovery, listeners, and the admin server's view of all of it. It applies
+// a config whole at start, and as a diff on reload once the new config has
+// been validated (files included); it drains on shutdown.
+
+export type RunState = 'starting' | 'running' | 'draining' | 'stopped';
+
+export interface BackupRunner {
+  readonly stats: BackupStats;
+  stop(): Promise<void> | void;
+}
+
+export interface AdminLike {
+  close(): Promise<void>;
+}
+
+export class Ballast {
+  config: Config;
+  state: RunState = 'starting';
+  readonly clusters = new Map<string, Cluster>();
+  readonly listeners = new Map<string, Listener>();
+  readonly tls = new Map<string, TlsProfileRuntime>();
+  readonly discovery = new Map<string, EtcdMemberDiscovery>();
+  readonly checkers = new Map<string, HealthChecker>();
+  readonly metrics: Metrics;
+  readonly reloads = { ok: 0, failed: 0, lastError: undefined as string | undefined, lastAt: 0 };
+  backup: BackupRunner | undefined;
+  readonly startedAt = Date.now();
+  private housekeeping: NodeJS.Timeout | undefined;
+  private accessLogger: Logger | undefined;
+
+  constructor(
+    config: Config,
+    readonly log: Logger,
+    readonly clock: Clock = systemClock,
+  ) {
+    this.config = config;
+    this.metrics = new Metrics(this);
+  }
+
+  // --- start ----------------------------------------------------------------
+
+  async start(): Promise<void> {
+    const c = this.config;
+    for (const [name, runtime] of buildTlsProfiles(c, this.log)) {
+      this.tls.set(name, runtime);
+      runtime.watch();
+    }
+    for (const cc of c.clusters) this.addCluster(cc);
+    try {
+      for (const lc of c.listeners) await this.addListener(lc);
+    } catch (err) {
+      await this.stop();
+      throw err;
+    }
+    this.housekeeping = setInterval(() => this.clusters.forEach((cl) => cl.housekeeping()), 60_000);
+    this.housekeeping.unref();
+    this.state = 'running';
+    this.log.info(
+      { listeners: c.listeners.map((l) => `${l.name}=${l.listen.text}`), clusters: c.clusters.map((x) => x.name) },
+      `ballast running: ${c.listeners.length} listener(s), ${c.clusters.length} cluster(s)`,
+    );
+  }
+
+  private addCluster(cc: ClusterConfig): Cluster {
+    const cluster = new Cluster(cc, this.clock, this.log);
+    this.clusters.set(cc.name, cluster);
+    this.startControlLoops(cluster);
+    return cluster;
+  }
+
+  private startControlLoops(cluster: Cluster): void {
+    const cc = cluster.config;
+    const checkTls = () => this.checkTls(cluster.config.health.tls ?? cluster.config.tls);
+    const checker = createHealthChecker(cluster, checkTls, this.clock, this.log);
+    if (checker) {
+      cluster.prober = checker;
+      this.checkers.set(cc.name, checker);
+      checker.start();
+    }
+    if (cc.discovery === 'etcd-members') {
+      const d = new EtcdMemberDiscovery(cluster, () => cluster.config.endpoints, checkTls, this.clock, this.log);
+      this.discovery.set(cc.name, d);
+      d.start();
+    }
+  }
+
+  private stopControlLoops(name: string): void {
+    this.checkers.get(name)?.stop();
+    this.checkers.delete(name);
+    this.discovery.get(name)?.stop();
+    this.discovery.delete(name);
+    const cl = this.clusters.get(name);
+    if (cl) cl.prober = undefined;
+  }
+
+  private async addListener(lc: ListenerConfig): Promise<Listener> {
+    const cluster = this.clusters.get(lc.cluster)!;
+    const terminator = lc.tls !== undefined ? this.tls.get(lc.tls) : undefined;
+    const l = new Listener(lc, cluster, terminator, this.hooksFor(lc), this.log);
+    await l.start();
+    this.listeners.set(lc.name, l);
+    return l;
+  }
+
+  private hooksFor(lc: ListenerConfig): ListenerHooks {
+    const self = this;
+    return {
+      originTls(): OriginTls | undefined {
+        // Read through the listener's current cluster: reload may change it.
+        const cl = self.listeners.get(lc.name)?.cluster ?? self.clusters.get(lc.cluster);
+        const profile = cl?.config.tls;
+        return profile === undefined ? undefined : self.tls.get(profile)?.origin();
+      },
+      observeConnect(l, seconds) {
+        self.metrics.connectObserver(l.cluster.name).observe(seconds);
+      },
+      accessLog(line) {
+        self.accessLogger ??= self.log.child({ log: 'access' });
+        self.accessLogger.info(line, 'connection closed');
+      },
+    };
+  }
+
+  checkTls(profile: string | undefined): CheckTls | undefined {
+    if (profile === undefined) return undefined;
+    const p = this.tls.get(profile);
+    if (!p) return undefined;
+    const m = p.material;
+    const name = p.config.servername;
+    return {
+      version: p.version,
+      ...(m.ca ? { ca: m.ca } : {}),
+      ...(m.cert ? { cert: m.cert, key: m.key! } : {}),
+      servername: (e) => serverName(e, name),
+    };
+  }
+
+  // --- readiness and status -------------------------------------------------
+
+  /** Reasons the process is not ready, one per listener; empty when ready. */
+  notReadyReasons(): string[] {
+    if (this.state === 'draining') return ['draining: shutting down'];
+    if (this.state !== 'running') return [`state: ${this.state}`];
+    const out: string[] = [];
+    for (const l of this.listeners.values()) {
+      if (!l.cluster.ready) out.push(`${l.name}: no healthy endpoint in cluster ${l.cluster.name} (${l.cluster.endpoints.map((e) => `${e.id} ${e.state}: ${e.reason}`).join('; ')})`);
+    }
+    return out;
+  }
+
+  // --- reload ---------------------------------------------------------------
+
+  /** Re-read the config file and apply it; on any error the running config stays. */
+  async reloadFromFile(trigger: string): Promise<boolean> {
+    // Certificates are re-read on every reload trigger (SIGHUP), whatever the config says.
+    for (const p of this.tls.values()) p.reload(trigger);
+    let next: Config;
+    try {
+      next = loadConfigFile(this.config.source);
+    } catch (err) {
+      this.reloadFailed(err as Error, trigger);
+      return false;
+    }
+    try {
+      await this.reload(next);
+    } catch (err) {
+      this.reloadFailed(err as Error, trigger);
+      return false;
+    }
+    this.reloads.ok++;
+    this.reloads.lastAt = Date.now();
+    this.reloads.lastError = undefined;
+    this.log.info({ trigger }, 'config reloaded');
+    return true;
+  }
+
+  private reloadFailed(err: Error, trigger: string): void {
+    this.reloads.failed++;
+    this.reloads.lastError = err.message;
+    this.reloads.lastAt = Date.now();
+    this.log.error({ trigger, err: err.message }, `config reload refused, the running config stays: ${err.message}`);
+  }
+
+  /**
+   * Apply a validated config as a diff. Everything that can fail (reading TLS
+   * files, binding new listeners) is done first; only then is the running
+   * state touched, so a refused reload leaves no trace.
+   */
+  async reload(next: Config): Promise<void> {
+    if (this.state !== 'running') throw new Error(`cannot reload while ${this.state}`);
+    const prev = this.config;
+    // 1. TLS material: new and changed profiles must load.
+    const newProfiles = new Map<string, TlsProfileRuntime>();
+    const roles = profileRoles(next);
+    for (const [name, p] of next.tls) {
+      const old = this.tls.get(name);
+      const r = roles.get(name) ?? { server: false, client: false };
+      if (old && JSON.stringify(old.config) === JSON.stringify(p) && old.roles.server === r.server && old.roles.client === r.client) continue;
+      readMaterial(p, r); // throws with the key path
+      newProfiles.set(name, new TlsProfileRuntime(p, r, this.log, keyKindFor(next, name)));
+    }
+    // 2. New or moved listeners must bind before anything else changes.
+    const prevListeners = new Map(prev.listeners.map((l) => [l.name, l]));
+    const started: Listener[] = [];
+    const rebind: ListenerConfig[] = [];
+    const tlsOf = (name: string | undefined) => (name === undefined ? undefined : (newProfiles.get(name) ?? this.tls.get(name)));
+    const provisional = new Map<string, Cluster>();
+    for (const cc of next.clusters) if (!this.clusters.has(cc.name)) provisional.set(cc.name, new Cluster(cc, this.clock, this.log));
+    try {
+      for (const lc of next.listeners) {
+        const old = prevListeners.get(lc.name);
+        const sameSocket = old !== undefined && old.listen.text === lc.listen.text && old.tls === lc.tls && old.backlog === lc.backlog && old.socketMode === lc.socketMode && !newProfiles.has(lc.tls ?? '');
+        if (sameSocket) continue;
+        if (old !== undefined && old.listen.text === lc.listen.text) {
+          // Same address, different socket settings: it must be closed first; done in step 3.
+          rebind.push(lc);
+          continue;
+        }
+        const cluster = this.clusters.get(lc.cluster) ?? provisional.get(lc.cluster)!;
+        const l = new Listener(lc, cluster, tlsOf(lc.tls), this.hooksFor(lc), this.log);
+        await l.start();
+        started.push(l);
+      }
+    } catch (err) {
+      for (const l of started) await l.stopAccepting();
+      for (const p of newProfiles.values()) p.close();
+      throw err;
+    }
+    // 3. Commit. Nothing below throws on valid input.
+    for (const [name, p] of newProfiles) {
+      const old = this.tls.get(name);
+      this.tls.set(name, p);
+      p.watch();
+      old?.close();
+    }
+    for (const [name, old] of this.tls) if (!next.tls.has(name)) {
+      old.close();
+      this.tls.delete(name);
+    }
+    const nextClusters = new Map(next.clusters.map((c) => [c.name, c]));
+    for (const cc of next.clusters) {
+      const cl = this.clusters.get(cc.name);
+      if (!cl) {
+        const fresh = provisional.get(cc.name)!;
+        this.clusters.set(cc.name, fresh);
+        this.startControlLoops(fresh);
+        continue;
+      }
+      const before = JSON.stringify(cl.config);
+      if (before === JSON.stringify(cc)) continue;
+      const loopsChanged = JSON.stringify(cl.config.health) !== JSON.stringify(cc.health) || cl.config.discovery !== cc.discovery || cl.config.tls !== cc.tls;
+      if (loopsChanged) this.stopControlLoops(cc.name);
+      cl.reconfigure(cc);
+      if (loopsChanged) this.startControlLoops(cl);
+    }
+    const nextListeners = new Map(next.listeners.map((l) => [l.name, l]));
+    for (const [name, l] of this.listeners) {
+      const lc = nextListeners.get(name);
+      if (lc === undefined || rebind.some((r) => r.name === name) || started.some((s) => s.name === name)) {
+        // Removed or rebound: stop accepting; its open connections finish on their own.
+        await l.stopAccepting();
+        this.listeners.delete(name);
+        continue;
+      }
+      l.config = lc;
+      l.cluster = this.clusters.get(lc.cluster)!;
+    }
+    for (const l of started) {
+      l.cluster = this.clusters.get(l.config.cluster)!;
+      this.listeners.set(l.name, l);
+    }
+    for (const lc of rebind) await this.addListener(lc);
+    for (const [name, cl] of this.clusters) {
+      if (nextClusters.has(name)) continue;
+      this.stopControlLoops(name);
+      cl.stop();
+      this.clusters.delete(name);
+    }
+    this.config = next;
+  }
+
+  // --- shutdown -------------------------------------------------------------
+
+  /**
+   * Drain: /readyz turns 503 at once, listeners stop accepting, open
+   * connections get up to `timeoutMs` to finish, then are closed.
+   */
+  async drain(timeoutMs = this.config.drainTimeout): Promise<{ closedAtDeadline: number }> {
+    if (this.state === 'stopped') return { closedAtDeadline: 0 };
+    this.state = 'draining';
+    const open = () => [...this.listeners.values()].reduce((n, l) => n + l.active, 0);
+    this.log.info({ open: open(), timeoutMs }, `draining: stopped accepting, waiting up to ${timeoutMs}ms for ${open()} open connection(s)`);
+    for (const l of this.listeners.values()) await l.stopAccepting();
+    const deadline = Date.now() + timeoutMs;
+    while (open() > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, Math.min(100, Math.max(1, deadline - Date.now()))));
+    const left = open();
+    if (left > 0) {
+      this.log.warn({ open: left }, `drain timeout: closing ${left} connection(s)`);
+      for (const l of this.listeners.values()) l.closeAll('drain_timeout');
+    }
+    await this.stop();
+    return { closedAtDeadline: left };
+  }
+
+  async stop(): Promise<void> {
+    if (this.housekeeping) clearInterval(this.housekeeping);
+    for (const l of this.listeners.values()) {
+      await l.stopAccepting();
+      l.closeAll('shutdown');
+    }
+    for (const name of [...this.clusters.keys()]) this.stopControlLoops(name);
+    for (const c of this.clusters.values()) c.stop();
+    for (const p of this.tls.values()) p.close();
+    await this.backup?.stop();
+    this.state = 'stopped';
+  }
+}
+
+/** Which roles each profile plays: server (a listener terminates with it), client (originates or checks). */
+export function profileRoles(c: Config): Map<string, { server: boolean; client: boolean }> {
+  const roles = new Map<string, { server: boolean; client: boolean }>();
+  const get = (n: string) => {
+    if (!roles.has(n)) roles.set(n, { server: false, client: false });
+    return roles.get(n)!;
+  };
+  for (const l of c.listeners) if (l.tls !== undefined) get(l.tls).server = true;
+  for (const cl of c.clusters) {
+    if (cl.tls !== undefined) get(cl.tls).client = true;
+    if (cl.health.tls !== undefined) get(cl.health.tls).client = true;
+  }
+  return roles;
+}
+
+function keyKindFor(c: Config, profile: string): () => 'client-identity' | 'cn' | 'san' | 'source-ip' {
+  // A profile terminating for an affinity cluster derives the key that cluster asks for.
+  const l = c.listeners.find((x) => x.tls === profile);
+  const cl = l ? c.clusters.find((x) => x.name === l.cluster) : undefined;
+  const kind = cl?.affinity.key ?? 'client-identity';
+  return () => kind;
+}
+
+/** Load every profile's material; throws MaterialError naming the profile and file. */
+export function buildTlsProfiles(c: Config, log: Logger): Map<string, TlsProfileRuntime> {
+  const roles = profileRoles(c);
+  const out = new Map<string, TlsProfileRuntime>();
+  for (const [name, p] of c.tls) out.set(name, new TlsProfileRuntime(p, roles.get(name) ?? { server: false, client: false }, log, keyKindFor(c, name)));
+  return out;
+}

@@ -1,0 +1,178 @@
+#!/usr/bin/env node
+import { watch } from 'node:fs';
+import { basename, dirname } from 'node:path';
+import { parseArgs } from 'node:util';
+import { AdminServer } from './admin/admin-server.js';
+import { Ballast, buildTlsProfiles } from './ballast.js';
+import { ConfigError, loadConfigFile, type Config } from './config/load.js';
+import { createLogger } from './log.js';
+import { VERSION } from './version.js';
+
+const USAGE = `ballast ${VERSION}: a proxy that keeps Kubernetes control planes available
+
+usage:
+  ballast run --config FILE [--log-level LEVEL]   run in the foreground (SIGHUP reloads, SIGTERM drains)
+  ballast check-config --config FILE              validate a config and the files it names, then exit
+  ballast certs --out DIR [...]                   make a CA and server/client certificates (see: ballast certs --help)
+  ballast --version | --help
+
+exit codes: 0 ok, 1 runtime failure, 2 bad usage or config
+`;
+
+async function main(argv: string[]): Promise<number> {
+  const [command, ...rest] = argv;
+  switch (command) {
+    case undefined:
+    case '-h':
+    case '--help':
+    case 'help':
+      process.stdout.write(USAGE);
+      return command === undefined ? 2 : 0;
+    case '-v':
+    case '--version':
+    case 'version':
+      process.stdout.write(`ballast ${VERSION} (node ${process.versions.node})\n`);
+      return 0;
+    case 'run':
+      return run(rest);
+    case 'check-config':
+      return checkConfig(rest);
+    case 'certs': {
+      const { runCertsCommand } = await import('./tls/certs-command.js');
+      return runCertsCommand(rest, { log: (l) => process.stdout.write(`${l}\n`), error: (l) => process.stderr.write(`${l}\n`) });
+    }
+    default:
+      process.stderr.write(`ballast: unknown command "${command}"\n\n${USAGE}`);
+      return 2;
+  }
+}
+
+function parse(args: string[], options: NonNullable<NonNullable<Parameters<typeof parseArgs>[0]>['options']>): ReturnType<typeof parseArgs> | number {
+  try {
+    return parseArgs({ args, options, allowPositionals: false, strict: true });
+  } catch (err) {
+    process.stderr.write(`ballast: ${(err as Error).message}\n`);
+    return 2;
+  }
+}
+
+/** Load and fully validate a config, TLS files included. Prints the error and returns undefined on failure. */
+export function loadChecked(path: string): Config | undefined {
+  try {
+    const config = loadConfigFile(path);
+    // Read every certificate and key now: a bad file is a config error, found before anything listens.
+    const silent = createLogger('silent');
+    for (const p of buildTlsProfiles(config, silent).values()) p.close();
+    return config;
+  } catch (err) {
+    if (err instanceof ConfigError) process.stderr.write(`ballast: ${err.message}\n`);
+    else process.stderr.write(`ballast: ${path}: ${(err as Error).message}\n`);
+    return undefined;
+  }
+}
+
+function checkConfig(args: string[]): number {
+  const p = parse(args, { config: { type: 'string', short: 'c' } });
+  if (typeof p === 'number') return p;
+  const path = p.values.config as string | undefined;
+  if (!path) {
+    process.stderr.write('ballast check-config: --config FILE is required\n');
+    return 2;
+  }
+  const config = loadChecked(path);
+  if (!config) return 2;
+  process.stdout.write(
+    `${path}: valid: ${config.listeners.length} listener(s) [${config.listeners.map((l) => `${l.name} ${l.listen.text} -> ${l.cluster}${l.tls ? ` (tls ${l.tls})` : ''}`).join(', ')}], ` +
+      `${config.clusters.length} cluster(s) [${config.clusters.map((c) => `${c.name}: ${c.endpoints.length} endpoint(s), ${c.balance}, check ${c.health.check}`).join('; ')}], ` +
+      `${config.tls.size} TLS profile(s)\n`,
+  );
+  return 0;
+}
+
+async function run(args: string[]): Promise<number> {
+  const p = parse(args, { config: { type: 'string', short: 'c' }, 'log-level': { type: 'string' } });
+  if (typeof p === 'number') return p;
+  const path = p.values.config as string | undefined;
+  if (!path) {
+    process.stderr.write('ballast run: --config FILE is required\n');
+    return 2;
+  }
+  const config = loadChecked(path);
+  if (!config) return 2;
+  const level = (p.values['log-level'] as string | undefined) ?? config.log.level;
+  const log = createLogger(level);
+  const ballast = new Ballast(config, log);
+  let admin: AdminServer | undefined;
+  try {
+    await ballast.start();
+    if (config.admin.enabled) {
+      admin = new AdminServer(ballast, config.admin.listen, log);
+      await admin.start();
+    }
+  } catch (err) {
+    process.stderr.write(`ballast: ${(err as Error).message}\n`);
+    log.fatal({ err: (err as Error).message }, 'start failed');
+    await ballast.stop();
+    await admin?.close();
+    return 1;
+  }
+  log.info({ version: VERSION, config: path, admin: config.admin.enabled ? config.admin.listen.text : null, pid: process.pid }, `ballast ${VERSION} started`);
+
+  // Reload on SIGHUP and when the config file changes (ConfigMap updates swap a symlink in its directory).
+  let reloading = Promise.resolve(true);
+  const reload = (trigger: string) => {
+    reloading = reloading.then(() => ballast.reloadFromFile(trigger));
+  };
+  process.on('SIGHUP', () => reload('SIGHUP'));
+  let debounce: NodeJS.Timeout | undefined;
+  try {
+    const name = basename(path);
+    const w = watch(dirname(path), { persistent: false }, (_e, f) => {
+      if (f !== null && f.toString() !== name && !f.toString().startsWith('..')) return;
+      if (debounce) clearTimeout(debounce);
+      debounce = setTimeout(() => reload('file change'), 300);
+    });
+    w.on('error', () => undefined);
+  } catch {
+    log.warn({ config: path }, 'cannot watch the config file; reload with SIGHUP');
+  }
+
+  return new Promise<number>((resolve) => {
+    let stopping = false;
+    const stop = (signal: string) => {
+      if (stopping) {
+        log.warn({ signal }, 'second signal: exiting now');
+        resolve(1);
+        return;
+      }
+      stopping = true;
+      log.info({ signal }, `${signal}: draining`);
+      void ballast
+        .drain()
+        .then(async ({ closedAtDeadline }) => {
+          await admin?.close();
+          log.info({ closedAtDeadline }, 'stopped');
+          resolve(0);
+        })
+        .catch((err: Error) => {
+          log.error({ err: err.message }, 'drain failed');
+          resolve(1);
+        });
+    };
+    process.on('SIGTERM', () => stop('SIGTERM'));
+    process.on('SIGINT', () => stop('SIGINT'));
+  });
+}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    process.exitCode = code;
+    // Give pino's async destination a moment to flush, then leave even if a
+    // stray handle (a grpc channel closing) would keep the loop alive.
+    setTimeout(() => process.exit(code), 50).unref();
+  },
+  (err: Error) => {
+    process.stderr.write(`ballast: ${err.stack ?? err.message}\n`);
+    process.exit(1);
+  },
+);
