@@ -1,0 +1,25 @@
+# ballast: multi-stage build on Node 24 LTS (Node 20 is end-of-life).
+# Expected size: ~230 MB (node:24-bookworm-slim ~200 MB + ~30 MB of production
+# node_modules: grpc-js, protobufjs, pino, prom-client, undici, zod, yaml).
+
+FROM node:24-bookworm-slim AS build
+WORKDIR /src
+COPY package.json package-lock.json tsconfig.json ./
+RUN npm ci --no-audit --no-fund
+COPY src ./src
+RUN npx tsc -p tsconfig.json
+
+FROM node:24-bookworm-slim AS runtime
+ENV NODE_ENV=production
+WORKDIR /app
+COPY package.json package-lock.json ./
+RUN npm ci --omit=dev --no-audit --no-fund && npm cache clean --force
+COPY --from=build /src/dist ./dist
+COPY examples ./examples
+COPY deploy/config ./deploy/config
+# The image's node user (uid 1000); static pods may run it as another
+# non-root uid that can read the PKI files (see deploy/README.md).
+USER 1000:1000
+EXPOSE 9901
+ENTRYPOINT ["node", "dist/cli.js"]
+CMD ["--help"]
