@@ -274,12 +274,15 @@ describe('EtcdCluster: partitions (partitionable: true)', () => {
     for (const m of c.members) expect(m.peerPort).not.toBe(m.peerListenPort);
     const list = (await c.etcdctl(['member', 'list'])).stdout;
     for (const m of c.members) expect(list).toContain(m.peerUrl);
-    // Each relay knows which member opened each connection through it (via /proc).
+    // Each relay knows which member opened each connection through it (via
+    // /proc). Identification runs in the background and etcd opens its peer
+    // streams lazily: on a loaded machine give both a moment.
     for (const [i, m] of c.members.entries()) {
       const relay = c.peerRelay(i)!;
       const others = c.members.filter((_, j) => j !== i).map((o) => o.name);
-      const named = [...relay.connectionsBySource().keys()].filter((k) => k !== undefined).sort();
-      expect(named, m.name).toEqual(others);
+      const named = () => [...relay.connectionsBySource().keys()].filter((k) => k !== undefined).sort();
+      await waitFor(`${m.name}'s relay to name both peers`, async () => JSON.stringify(named()) === JSON.stringify(others), 10_000);
+      expect(named(), m.name).toEqual(others);
       expect(relay.stats.identified).toBeGreaterThan(0);
       expect(relay.stats.unidentified, m.name).toBe(0);
     }
