@@ -178,7 +178,7 @@ export class Cluster {
     e.checkResults.set(r.code, (e.checkResults.get(r.code) ?? 0) + 1);
     if (r.etcd) {
       e.etcd = r.etcd;
-      if (r.etcd.raftIndex > e.lastRaftIndex) e.lastRaftIndex = r.etcd.raftIndex;
+      e.noteRaft(now, r.etcd.raftIndex);
     }
     if (r.inconclusive) {
       e.lastCheckReason = r.reason;
@@ -316,6 +316,6 @@ export class Cluster {
   /** Remember an etcd status seen outside a health check (discovery). */
   noteEtcd(e: Endpoint, s: EtcdMemberStatus): void {
     e.etcd = s;
-    if (s.raftIndex > e.lastRaftIndex) e.lastRaftIndex = s.raftIndex;
+    e.noteRaft(this.clock.now(), s.raftIndex);
   }
 }

@@ -72,8 +72,11 @@ export class Endpoint {
   checksOk = 0;
   checksFailed = 0;
   etcd: EtcdMemberStatus | undefined;
-  /** Highest raft index this member was ever seen at: "fail over forward" compares with it. */
+  /** Highest raft index this member was seen at, and when: "fail over forward" compares with it. */
   lastRaftIndex = 0;
+  lastRaftAt = 0;
+  /** Recent (time, raft index) samples, oldest first, to compare members sampled at different moments. */
+  private readonly raftSamples: { at: number; index: number }[] = [];
 
   // Passive detection (outlier ejection).
   passiveFailures = 0;
@@ -120,6 +123,29 @@ export class Endpoint {
     return this.address.kind === 'inet' ? this.address.port : 0;
   }
 
+  noteRaft(at: number, index: number): void {
+    if (index >= this.lastRaftIndex) {
+      this.lastRaftIndex = index;
+      this.lastRaftAt = at;
+    }
+    this.raftSamples.push({ at, index });
+    if (this.raftSamples.length > RAFT_SAMPLES) this.raftSamples.shift();
+  }
+
+  /**
+   * Whether this member is known to have applied at least what `other` had
+   * when `other` was last seen. Samples of two members are taken at
+   * different moments, so this member's sample at or after `other`'s is the
+   * one compared, allowing `slack` entries of normal replication delay. With
+   * no such sample yet (an instant failover), the answer is 'unknown': the
+   * member's own health check (raft lag within maxRaftLag) is all we have.
+   */
+  caughtUpWith(other: Endpoint, slack = FORWARD_SLACK): boolean | 'unknown' {
+    if (other.lastRaftAt === 0 || this.lastRaftIndex >= other.lastRaftIndex) return true;
+    for (const s of this.raftSamples) if (s.at >= other.lastRaftAt) return s.index + slack >= other.lastRaftIndex;
+    return 'unknown';
+  }
+
   /** Sweep the byte counters of open connections into the totals (scrape time, not per chunk). */
   sweepBytes(): void {
     for (const c of this.connections) {
@@ -140,6 +166,10 @@ export class Endpoint {
     if (s) swept.delete(c);
   }
 }
+
+const RAFT_SAMPLES = 16;
+/** Raft entries a healthy follower may trail the member it is compared with (in-flight replication). */
+export const FORWARD_SLACK = 50;
 
 // Already-counted bytes of open connections, kept beside rather than on the
 // connection so the hot-path object stays small.

@@ -82,7 +82,7 @@ export class RendezvousBalancer implements Balancer {
       // The client's ranked member differs from where it is (a member joined or
       // recovered). Stay while sticky; move back only forward in the log.
       if (this.opts.stickiness === 'sticky' && placed.stickyUntil > now) return current;
-      if (best.lastRaftIndex < current.lastRaftIndex) return current;
+      if (best.caughtUpWith(current) !== true) return current;
       this.move(placed, best, 'rebalance', now, false);
       return best;
     }
@@ -134,11 +134,13 @@ export class RendezvousBalancer implements Balancer {
   private forward(key: string, tried: readonly Endpoint[] | null, from: Endpoint): { endpoint: Endpoint; behind: boolean } | undefined {
     const ranked = this.rank(key).filter((e) => e !== from && untried(e, tried));
     if (ranked.length === 0) return undefined;
-    const floor = from.lastRaftIndex;
-    for (const e of ranked) if (e.lastRaftIndex >= floor) return { endpoint: e, behind: false };
+    // Known caught up first, in rank order; then members we cannot judge yet
+    // (no sample since `from` was last seen); only then the least behind.
+    for (const e of ranked) if (e.caughtUpWith(from) === true) return { endpoint: e, behind: false };
+    for (const e of ranked) if (e.caughtUpWith(from) === 'unknown') return { endpoint: e, behind: false };
     let least = ranked[0]!;
     for (const e of ranked) if (e.lastRaftIndex > least.lastRaftIndex) least = e;
-    return { endpoint: least, behind: floor > 0 };
+    return { endpoint: least, behind: true };
   }
 
   private score(clientHash: number, e: Endpoint): number {
