@@ -158,6 +158,7 @@ export class Listener implements ListenerPort {
   private begin(s: Socket, key: string, identity: string | undefined, alpn: string | false): void {
     this.active++;
     const c = new ProxyConnection(s, this, key, identity, this.hooks.originTls(), alpn);
+    if (this.config.accessLog) c.remote = `${s.remoteAddress}:${s.remotePort}`;
     this.connections.add(c);
     c.connect();
   }
@@ -188,8 +189,7 @@ export class Listener implements ListenerPort {
     if (this.config.accessLog) {
       this.hooks.accessLog({
         listener: this.name,
-        client: c.client.remoteAddress,
-        clientPort: c.client.remotePort,
+        client: c.remote,
         identity: c.identity,
         cluster: this.cluster.name,
         upstream: c.endpoint?.id,

@@ -44,6 +44,8 @@ export class ProxyConnection implements TrackedConnection {
   attempts = 0;
   tried: Endpoint[] | null = null;
   closeReason = '';
+  /** Client address, captured at accept only when the access log wants it (it is gone after close). */
+  remote: string | undefined;
   /** Counted as no_endpoint/connect_failed already. */
   failed = false;
   everConnected = false;
