@@ -14,6 +14,7 @@ usage:
   ballast run --config FILE [--log-level LEVEL]   run in the foreground (SIGHUP reloads, SIGTERM drains)
   ballast check-config --config FILE              validate a config and the files it names, then exit
   ballast certs --out DIR [...]                   make a CA and server/client certificates (see: ballast certs --help)
+  ballast demo [--base-port N]                    a 3-member etcd cluster behind ballast with mTLS, on loopback
   ballast --version | --help
 
 exit codes: 0 ok, 1 runtime failure, 2 bad usage or config
@@ -40,6 +41,10 @@ async function main(argv: string[]): Promise<number> {
     case 'certs': {
       const { runCertsCommand } = await import('./tls/certs-command.js');
       return runCertsCommand(rest, { log: (l) => process.stdout.write(`${l}\n`), error: (l) => process.stderr.write(`${l}\n`) });
+    }
+    case 'demo': {
+      const { runDemo } = await import('./demo/demo.js');
+      return runDemo(rest);
     }
     default:
       process.stderr.write(`ballast: unknown command "${command}"\n\n${USAGE}`);
@@ -163,6 +168,16 @@ async function run(args: string[]): Promise<number> {
     process.on('SIGINT', () => stop('SIGINT'));
   });
 }
+
+// Node's process warnings go to the JSON log like everything else, except
+// DEP0123: grpc-js (inside the etcd3 client used by health checks) passes an
+// IP address as the TLS server name when a member is addressed by IP; Node
+// ignores it and verifies the IP SAN, which is what we want.
+process.removeAllListeners('warning');
+process.on('warning', (w: Error & { code?: string }) => {
+  if (w.code === 'DEP0123') return;
+  process.stderr.write(`${JSON.stringify({ level: 'warn', time: new Date().toISOString(), pid: process.pid, warning: w.name, code: w.code, msg: w.message })}\n`);
+});
 
 main(process.argv.slice(2)).then(
   (code) => {

@@ -31,6 +31,7 @@ export class EtcdMemberDiscovery {
   private client: { hosts: string; version: number; etcd: Etcd3 } | undefined;
   private running: Promise<void> | undefined;
   private stopped = false;
+  private consecutiveFailures = 0;
 
   constructor(
     private readonly cluster: Cluster,
@@ -67,7 +68,13 @@ export class EtcdMemberDiscovery {
     if (this.timer) this.clock.clearTimeout(this.timer);
     this.timer = this.clock.setTimeout(() => {
       this.timer = undefined;
-      void this.sync().then(() => this.schedule(this.cluster.config.syncInterval));
+      // After a failed sync, retry sooner (doubling from 500ms) rather than a
+      // full syncInterval later: a ballast that starts beside a cluster that
+      // is still electing should not wait minutes to learn its members.
+      void this.sync().then(() => {
+        const interval = this.cluster.config.syncInterval;
+        this.schedule(this.lastError === undefined ? interval : Math.min(interval, 500 * 2 ** Math.min(this.consecutiveFailures - 1, 10)));
+      });
     }, delay);
   }
 
@@ -78,6 +85,7 @@ export class EtcdMemberDiscovery {
       res = await etcd.cluster.memberList({});
     } catch (err) {
       this.syncsFailed++;
+      this.consecutiveFailures++;
       this.lastError = (err as Error).message.split('\n')[0];
       this.log.warn({ cluster: this.cluster.name, err: this.lastError }, `${this.cluster.name}: member discovery failed; keeping the last known members`);
       return;
@@ -91,11 +99,13 @@ export class EtcdMemberDiscovery {
     const specs = this.toSpecs(members);
     if (specs.length === 0) {
       this.syncsFailed++;
+      this.consecutiveFailures++;
       this.lastError = 'member list has no voting member with a client URL';
       this.log.warn({ cluster: this.cluster.name }, `${this.cluster.name}: ${this.lastError}; keeping the last known members`);
       return;
     }
     this.syncsOk++;
+    this.consecutiveFailures = 0;
     this.lastError = undefined;
     this.lastSyncAt = this.clock.now();
     this.members = members;

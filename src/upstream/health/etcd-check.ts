@@ -24,12 +24,12 @@ export class EtcdCheck implements HealthCheck {
     private readonly tls: () => CheckTls | undefined,
   ) {}
 
-  async run(e: Endpoint, signal: AbortSignal): ReturnType<HealthCheck['run']> {
+  async run(e: Endpoint, signal: AbortSignal, timeoutMs: number): ReturnType<HealthCheck['run']> {
     const client = this.clientFor(e);
     const h = this.health();
     let raw;
     try {
-      raw = await client.maintenance.status({ deadline: new Date(Date.now() + h.timeout + 50) });
+      raw = await client.maintenance.status({ deadline: new Date(Date.now() + timeoutMs + 50) });
     } catch (err) {
       if (signal.aborted) throw err;
       const d = describeError(err);
@@ -69,7 +69,7 @@ export class EtcdCheck implements HealthCheck {
       // The checker owns retries and timeouts; etcd3's own circuit breaker
       // and retry would hide the very failures we are looking for.
       faultHandling: { host: () => noop, global: noop },
-      dialTimeout: this.health().timeout,
+      dialTimeout: Math.max(1000, this.health().timeout),
       grpcOptions: {
         'grpc.initial_reconnect_backoff_ms': 100,
         'grpc.min_reconnect_backoff_ms': 100,

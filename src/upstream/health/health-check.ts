@@ -4,8 +4,8 @@ import type { Endpoint } from '../endpoint.js';
 /** One kind of active check (tcp, http, etcd). Stateless per run; may cache clients per endpoint. */
 export interface HealthCheck {
   readonly kind: string;
-  /** Judge one endpoint. Must settle promptly once `signal` aborts. */
-  run(e: Endpoint, signal: AbortSignal): Promise<Omit<CheckResult, 'durationMs'>>;
+  /** Judge one endpoint within `timeoutMs`. Must settle promptly once `signal` aborts. */
+  run(e: Endpoint, signal: AbortSignal, timeoutMs: number): Promise<Omit<CheckResult, 'durationMs'>>;
   /** The endpoint left the cluster: release anything held for it. */
   forget(e: Endpoint): void;
   close(): void;

@@ -104,7 +104,11 @@ export class HealthChecker implements Prober {
   private async run(slot: Slot): Promise<void> {
     if (this.stopped || slot.inFlight) return;
     const e = slot.endpoint;
-    const { timeout } = this.cluster.config.health;
+    // The first check of an endpoint also pays for its first connection
+    // (TLS handshake, HTTP/2 and gRPC channel setup in a cold process): give
+    // it a second rather than calling a member down at every start. Unknown
+    // endpoints are routed to meanwhile, so this delays nothing.
+    const timeout = e.state === 'unknown' ? Math.max(this.cluster.config.health.timeout, FIRST_CHECK_TIMEOUT) : this.cluster.config.health.timeout;
     const ac = new AbortController();
     slot.inFlight = ac;
     const started = this.clock.now();
@@ -117,7 +121,7 @@ export class HealthChecker implements Prober {
     }, timeout);
     let result;
     try {
-      result = await Promise.race([this.check.run(e, ac.signal), aborted(ac.signal)]);
+      result = await Promise.race([this.check.run(e, ac.signal, timeout), aborted(ac.signal)]);
     } catch (err) {
       result = { ok: false, code: 'error', reason: (err as Error).message };
     }
@@ -139,6 +143,8 @@ export class HealthChecker implements Prober {
     this.schedule(slot, this.nextDelay(e, result.ok));
   }
 }
+
+const FIRST_CHECK_TIMEOUT = 1000;
 
 function aborted(signal: AbortSignal): Promise<never> {
   return new Promise((_, reject) => {
