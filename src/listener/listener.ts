@@ -5,7 +5,7 @@ import type { Logger } from 'pino';
 import type { ListenerConfig } from '../config/load.js';
 import { RateLimitedLog } from '../log.js';
 import type { Cluster } from '../upstream/cluster.js';
-import { ProxyConnection, type ListenerPort, type OriginTls } from './proxy-connection.js';
+import { PIPE_HIGH_WATER_MARK, ProxyConnection, type ListenerPort, type OriginTls } from './proxy-connection.js';
 
 // A listener accepts clients on one address, optionally terminates and
 // authorizes TLS, and hands each connection to its cluster. Limits
@@ -72,15 +72,21 @@ export class Listener implements ListenerPort {
 
   async start(): Promise<void> {
     const cfg = this.config;
+    // Socket options are set once, by the server at accept (one setsockopt
+    // each), not per connection from JavaScript. Keepalive follows the
+    // listener's cluster as configured at start; a reload that changes it
+    // applies to listeners started after the change.
+    const idle = this.cluster.config.keepalive.idle;
+    const socketOptions = { allowHalfOpen: true, noDelay: true, keepAlive: idle > 0, keepAliveInitialDelay: idle, highWaterMark: PIPE_HIGH_WATER_MARK };
     let server: Server;
     if (this.tls) {
       const t = this.tls;
-      server = createTlsServer({ ...t.serverOptions(), allowHalfOpen: true, pauseOnConnect: false });
+      server = createTlsServer({ ...t.serverOptions(), ...socketOptions, pauseOnConnect: false });
       server.on('secureConnection', (s: TLSSocket) => this.onSecureConnection(s));
       server.on('tlsClientError', (err: NodeJS.ErrnoException, s: TLSSocket) => this.onTlsError(err, s));
       this.unsubscribeTls = t.onRotate((opts) => (server as ReturnType<typeof createTlsServer>).setSecureContext(opts));
     } else {
-      server = createNetServer({ allowHalfOpen: true, noDelay: true });
+      server = createNetServer(socketOptions);
       server.on('connection', (s: Socket) => this.onConnection(s));
     }
     server.maxConnections = cfg.maxConnections;

@@ -1,4 +1,6 @@
-import { connect as netConnect, type Socket } from 'node:net';
+// highWaterMark reaches the Duplex under net.Socket at run time (Node 20 and
+// 24 both honour it); @types/node does not list it for connect options.
+import { connect as netConnect, type NetConnectOpts, type Socket } from 'node:net';
 import { connect as tlsConnect, type SecureContext, type TLSSocket } from 'node:tls';
 import type { Cluster } from '../upstream/cluster.js';
 import type { ConnectOutcome, Endpoint, TrackedConnection } from '../upstream/endpoint.js';
@@ -32,6 +34,16 @@ export interface OriginTls {
   servername(e: Endpoint): string | undefined;
   alpn: string[];
 }
+
+/**
+ * Bytes a socket buffers in user space before the pump pauses the other
+ * side. Node's default (16 KiB on Node 20, 64 KiB on 22+) is at or below one
+ * read (64 KiB), so a busy stream paused and resumed its source on every
+ * chunk: two epoll_ctl calls and an extra loop turn per 64 KiB. Chosen by
+ * measurement (bench/README.md); it bounds memory per direction, it does not
+ * allocate it, so idle connections cost nothing for it.
+ */
+export const PIPE_HIGH_WATER_MARK = 256 * 1024;
 
 const CONNECTING = 0;
 const PIPING = 1;
@@ -102,7 +114,7 @@ export class ProxyConnection implements TrackedConnection {
     if (this.originTls === undefined) {
       s = e.address.kind === 'unix'
         ? netConnect({ path: e.address.path, allowHalfOpen: true })
-        : netConnect({ host: e.host, port: e.port, allowHalfOpen: true, noDelay: true, keepAlive, keepAliveInitialDelay: cluster.config.keepalive.idle });
+        : netConnect({ host: e.host, port: e.port, allowHalfOpen: true, noDelay: true, keepAlive, keepAliveInitialDelay: cluster.config.keepalive.idle, highWaterMark: PIPE_HIGH_WATER_MARK } as NetConnectOpts);
       s.on('connect', onUpstreamConnect);
     } else {
       const t = this.originTls;
@@ -115,6 +127,7 @@ export class ProxyConnection implements TrackedConnection {
         session: e.tlsSession,
         allowHalfOpen: true,
         noDelay: true,
+        highWaterMark: PIPE_HIGH_WATER_MARK,
         keepAlive,
         keepAliveInitialDelay: cluster.config.keepalive.idle,
       } as unknown as Parameters<typeof tlsConnect>[0]);
@@ -141,8 +154,6 @@ export class ProxyConnection implements TrackedConnection {
     this.port.observeConnect((performance.now() - this.connectStartedAt) / 1000);
     this.port.cluster.opened(e, this);
     const c = this.client;
-    if (this.port.cluster.config.keepalive.idle > 0) c.setKeepAlive(true, this.port.cluster.config.keepalive.idle);
-    c.setNoDelay(true);
     c.on('data', onClientData);
     c.on('end', onClientEnd);
     c.on('drain', onClientDrain);

@@ -326,14 +326,13 @@ describe('balance policies over real connections', () => {
     for (const n of ['a', 'b', 'c']) expect(got.filter((x) => x === n).length).toBe(3);
   });
 
-  it('random-two spreads held connections within one of even', async () => {
+  it('random-two keeps held connections close to even (far closer than random placement)', async () => {
     const port = await freePort();
     await proxy(oneCluster(port, backends.map((b) => `127.0.0.1:${b.port}`), '    balance: random-two\n'));
-    const got = await names(port, 12, true);
-    for (const n of ['a', 'b', 'c']) {
-      const k = got.filter((x) => x === n).length;
-      expect(k).toBeGreaterThanOrEqual(3);
-      expect(k).toBeLessThanOrEqual(5);
-    }
+    const got = await names(port, 30, true);
+    const counts = ['a', 'b', 'c'].map((n) => got.filter((x) => x === n).length);
+    // Simulated: power-of-two-choices leaves a gap above 5 in ~0.005% of runs;
+    // uniform random placement does so in ~40%.
+    expect(Math.max(...counts) - Math.min(...counts)).toBeLessThanOrEqual(5);
   });
 });
