@@ -310,7 +310,9 @@ export class Ballast {
     while (open() > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, Math.min(100, Math.max(1, deadline - Date.now()))));
     const left = open();
     if (left > 0) {
-      this.log.warn({ open: left }, `drain timeout: closing ${left} connection(s)`);
+      // Say what was still open: a stuck connection is worth a look.
+      const sample = [...this.listeners.values()].flatMap((l) => [...l.connections].slice(0, 5).map((c) => ({ listener: l.name, ...c.describe() })));
+      this.log.warn({ open: left, sample }, `drain timeout: closing ${left} connection(s)`);
       for (const l of this.listeners.values()) l.closeAll('drain_timeout');
     }
     await this.stop();

@@ -2,11 +2,11 @@
 import { watch } from 'node:fs';
 import { basename, dirname } from 'node:path';
 import { parseArgs } from 'node:util';
-import { AdminServer } from './admin/admin-server.js';
-import { Ballast, buildTlsProfiles } from './ballast.js';
-import { ConfigError, loadConfigFile, type Config } from './config/load.js';
-import { createLogger } from './log.js';
+import type { Config } from './config/load.js';
 import { VERSION } from './version.js';
+
+// Subcommands load what they need when they run: `--version` and `--help`
+// answer at once, and `run` does not pay for `certs`' X.509 library.
 
 const USAGE = `ballast ${VERSION}: a proxy that keeps Kubernetes control planes available
 
@@ -62,7 +62,10 @@ function parse(args: string[], options: NonNullable<NonNullable<Parameters<typeo
 }
 
 /** Load and fully validate a config, TLS files included. Prints the error and returns undefined on failure. */
-export function loadChecked(path: string): Config | undefined {
+export async function loadChecked(path: string): Promise<Config | undefined> {
+  const { ConfigError, loadConfigFile } = await import('./config/load.js');
+  const { buildTlsProfiles } = await import('./ballast.js');
+  const { createLogger } = await import('./log.js');
   try {
     const config = loadConfigFile(path);
     // Read every certificate and key now: a bad file is a config error, found before anything listens.
@@ -76,7 +79,7 @@ export function loadChecked(path: string): Config | undefined {
   }
 }
 
-function checkConfig(args: string[]): number {
+async function checkConfig(args: string[]): Promise<number> {
   const p = parse(args, { config: { type: 'string', short: 'c' } });
   if (typeof p === 'number') return p;
   const path = p.values.config as string | undefined;
@@ -84,7 +87,7 @@ function checkConfig(args: string[]): number {
     process.stderr.write('ballast check-config: --config FILE is required\n');
     return 2;
   }
-  const config = loadChecked(path);
+  const config = await loadChecked(path);
   if (!config) return 2;
   process.stdout.write(
     `${path}: valid: ${config.listeners.length} listener(s) [${config.listeners.map((l) => `${l.name} ${l.listen.text} -> ${l.cluster}${l.tls ? ` (tls ${l.tls})` : ''}`).join(', ')}], ` +
@@ -102,12 +105,15 @@ async function run(args: string[]): Promise<number> {
     process.stderr.write('ballast run: --config FILE is required\n');
     return 2;
   }
-  const config = loadChecked(path);
+  const config = await loadChecked(path);
   if (!config) return 2;
+  const { createLogger } = await import('./log.js');
+  const { Ballast } = await import('./ballast.js');
+  const { AdminServer } = await import('./admin/admin-server.js');
   const level = (p.values['log-level'] as string | undefined) ?? config.log.level;
   const log = createLogger(level);
   const ballast = new Ballast(config, log);
-  let admin: AdminServer | undefined;
+  let admin: InstanceType<typeof AdminServer> | undefined;
   try {
     await ballast.start();
     if (config.admin.enabled) {

@@ -91,6 +91,20 @@ export class ProxyConnection implements TrackedConnection {
     }
   }
 
+  /** For logs and /status: where this connection stands. */
+  describe(): Record<string, unknown> {
+    const c = this.client;
+    const u = this.upstream;
+    return {
+      state: this.state === CONNECTING ? 'connecting' : this.state === PIPING ? 'piping' : 'closed',
+      endpoint: this.endpoint?.id,
+      ageMs: Math.round(performance.now() - this.startedAt),
+      reason: this.closeReason || undefined,
+      client: { readEnded: c.readableEnded, writeEnded: c.writableEnded, writeFinished: c.writableFinished, destroyed: c.destroyed, buffered: c.writableLength },
+      upstream: u === null ? null : { readEnded: u.readableEnded, writeEnded: u.writableEnded, writeFinished: u.writableFinished, destroyed: u.destroyed, buffered: u.writableLength },
+    };
+  }
+
   bytesUp(): number {
     return this.client.bytesRead;
   }

@@ -1,11 +1,10 @@
-import { ConstantBackoff, handleAll, noop, retry } from 'cockatiel';
-import { Etcd3 } from 'etcd3';
+import type { Etcd3 } from 'etcd3';
 import type { Logger } from 'pino';
 import type { Clock, TimerHandle } from '../../clock.js';
 import { addressKey, parseAddress } from '../../config/address.js';
 import type { EndpointSpec } from '../../config/load.js';
 import type { Cluster } from '../cluster.js';
-import { hexId } from '../health/etcd-check.js';
+import { hexId, loadEtcd3 } from '../etcd-client.js';
 import type { CheckTls } from '../health/http-check.js';
 
 // Members from etcd itself: every syncInterval (and at once when a member goes
@@ -79,7 +78,7 @@ export class EtcdMemberDiscovery {
   }
 
   private async doSync(): Promise<void> {
-    const etcd = this.clientFor();
+    const etcd = await this.clientFor();
     let res;
     try {
       res = await etcd.cluster.memberList({});
@@ -136,7 +135,7 @@ export class EtcdMemberDiscovery {
   }
 
   /** One client over the seeds and the known members; rebuilt when either changes. */
-  private clientFor(): Etcd3 {
+  private async clientFor(): Promise<Etcd3> {
     const t = this.tls();
     const hostsList = new Set<string>();
     const scheme = t?.ca ? 'https' : 'http';
@@ -148,7 +147,9 @@ export class EtcdMemberDiscovery {
     const version = t?.version ?? 0;
     if (this.client?.hosts === hosts && this.client.version === version) return this.client.etcd;
     this.client?.etcd.close();
-    const etcd = new Etcd3({
+    const { etcd3, cockatiel } = await loadEtcd3();
+    const { ConstantBackoff, handleAll, noop, retry } = cockatiel;
+    const etcd = new etcd3.Etcd3({
       hosts: hosts.split(','),
       ...(t?.ca ? { credentials: { rootCertificate: t.ca, ...(t.cert ? { certChain: t.cert, privateKey: t.key! } : {}) } } : {}),
       // Each attempt goes to the next host with its own deadline: a dead or

@@ -1,10 +1,12 @@
-import { noop } from 'cockatiel';
-import { Etcd3 } from 'etcd3';
+import type { Etcd3 } from 'etcd3';
 import type { HealthConfig } from '../../config/load.js';
 import type { Cluster } from '../cluster.js';
 import type { Endpoint, EtcdMemberStatus } from '../endpoint.js';
 import { describeError, failed, type HealthCheck } from './health-check.js';
 import type { CheckTls } from './http-check.js';
+import { createEtcdClient, hexId } from '../etcd-client.js';
+
+export { hexId } from '../etcd-client.js';
 
 // etcd's own view of a member, through its maintenance API over the cluster's
 // TLS. A member is up only if it answers, knows a leader, carries no alarm of
@@ -25,7 +27,7 @@ export class EtcdCheck implements HealthCheck {
   ) {}
 
   async run(e: Endpoint, signal: AbortSignal, timeoutMs: number): ReturnType<HealthCheck['run']> {
-    const client = this.clientFor(e);
+    const client = await this.clientFor(e);
     const h = this.health();
     let raw;
     try {
@@ -54,7 +56,7 @@ export class EtcdCheck implements HealthCheck {
     return { ok: true, code: 'ok', reason: status.memberId === status.leaderId ? `leader, raft index ${status.raftIndex}` : `follower, raft index ${status.raftIndex}`, ...result };
   }
 
-  private clientFor(e: Endpoint): Etcd3 {
+  private async clientFor(e: Endpoint): Promise<Etcd3> {
     const t = this.tls();
     const version = t?.version ?? 0;
     const cached = this.clients.get(e);
@@ -63,12 +65,11 @@ export class EtcdCheck implements HealthCheck {
     const scheme = t?.ca ? 'https' : 'http';
     const host = e.address.kind === 'inet' ? (e.address.family === 6 ? `[${e.host}]` : e.host) : 'localhost';
     const servername = t?.servername(e);
-    const client = new Etcd3({
+    const client = await createEtcdClient({
       hosts: e.address.kind === 'unix' ? `unix://${e.address.path}` : `${scheme}://${host}:${e.port}`,
       ...(t?.ca ? { credentials: { rootCertificate: t.ca, ...(t.cert ? { certChain: t.cert, privateKey: t.key! } : {}) } } : {}),
-      // The checker owns retries and timeouts; etcd3's own circuit breaker
-      // and retry would hide the very failures we are looking for.
-      faultHandling: { host: () => noop, global: noop },
+      // The checker owns retries and timeouts (createEtcdClient turns off
+      // etcd3's own, which would hide the very failures we look for).
       dialTimeout: Math.max(1000, this.health().timeout),
       grpcOptions: {
         'grpc.initial_reconnect_backoff_ms': 100,
@@ -128,10 +129,3 @@ function parseAlarm(text: string): { memberId: string; alarm: string } | undefin
   return { memberId: /^[0-9]+$/.test(id) ? hexId(id) : id.toLowerCase(), alarm: m[2]! };
 }
 
-export function hexId(decimal: string): string {
-  try {
-    return BigInt(decimal).toString(16);
-  } catch {
-    return decimal;
-  }
-}

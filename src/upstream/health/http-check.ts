@@ -1,4 +1,4 @@
-import { Client } from 'undici';
+import type { Client } from 'undici';
 import type { HealthConfig } from '../../config/load.js';
 import type { Endpoint } from '../endpoint.js';
 import { describeError, failed, ok, type HealthCheck } from './health-check.js';
@@ -33,7 +33,7 @@ export class HttpCheck implements HealthCheck {
 
   async run(e: Endpoint, signal: AbortSignal): ReturnType<HealthCheck['run']> {
     const h = this.health();
-    const client = this.clientFor(e);
+    const client = await this.clientFor(e);
     try {
       const res = await client.request({
         path: h.path,
@@ -61,7 +61,7 @@ export class HttpCheck implements HealthCheck {
   }
 
   /** One client per endpoint and material version: per-endpoint server names, rotation-safe. */
-  private clientFor(e: Endpoint): Client {
+  private async clientFor(e: Endpoint): Promise<Client> {
     const t = this.tls();
     const version = t?.version ?? 0;
     const cached = this.clients.get(e);
@@ -70,6 +70,8 @@ export class HttpCheck implements HealthCheck {
     const host = e.address.kind === 'inet' ? (e.address.family === 6 ? `[${e.host}]` : e.host) : 'localhost';
     const origin = `${this.secure ? 'https' : 'http'}://${host}:${e.port || 80}`;
     const servername = t?.servername(e);
+    // undici is loaded with the first http(s) check, not at start-up.
+    const { Client } = await import('undici');
     const client = new Client(origin, {
       pipelining: 0,
       ...(e.address.kind === 'unix' ? { socketPath: e.address.path } : {}),
