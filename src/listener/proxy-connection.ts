@@ -174,6 +174,10 @@ export class ProxyConnection implements TrackedConnection {
     s.on('data', onUpstreamData);
     s.on('end', onUpstreamEnd);
     s.on('drain', onUpstreamDrain);
+    // A client that half-closed before the upstream answered (no bytes, just
+    // a FIN) has already emitted 'end': carry it over now or it is lost and
+    // the connection hangs half-open until the idle timeout.
+    if (c.readableEnded) onClientEnd.call(c);
   }
 
   /** A connect attempt failed: tell the cluster, then try the next endpoint or give up. */

@@ -103,6 +103,34 @@ describe('byte pumping', () => {
     await eventually(() => received.join('') === 'still talking', 'client bytes after the upstream FIN reached the upstream');
   });
 
+  it('carries a FIN that arrived while the upstream was still connecting (regression: the connection hung half-open)', async () => {
+    // The first endpoint is a black hole, so the client's FIN arrives during
+    // the connect attempt; the second endpoint answers a FIN with its own.
+    const hole = await startBlackHole();
+    servers.push(hole);
+    await hole.fill();
+    const sockets = new Set<net.Socket>();
+    let sawFin = 0;
+    const server = net.createServer({ allowHalfOpen: true }, (c) => {
+      sockets.add(c);
+      c.on('end', () => {
+        sawFin++;
+        c.end('bye');
+      });
+      c.resume();
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    servers.push({ close: () => new Promise((r) => { for (const c of sockets) c.destroy(); server.close(() => r()); }) });
+    const port = await freePort();
+    const p = await proxy(oneCluster(port, [`127.0.0.1:${hole.port}`, `127.0.0.1:${(server.address() as net.AddressInfo).port}`], '    connectTimeout: 200ms\n    balance: round-robin\n'));
+    const s = await connect(port);
+    s.end(); // FIN at once, no bytes
+    const answer = await readUntil(s, (b) => b.toString() === 'bye', 5000);
+    expect(answer.toString()).toBe('bye');
+    expect(sawFin).toBe(1);
+    await eventually(() => p.ballast.listeners.get('front')!.active === 0, 'connection fully closed, not left half-open');
+  });
+
   it('applies backpressure: a reader that stops reading bounds the memory in between', async () => {
     const sink = await startSinkServer({ paused: true });
     servers.push(sink);
