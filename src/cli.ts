@@ -114,17 +114,23 @@ async function run(args: string[]): Promise<number> {
   const log = createLogger(level);
   const ballast = new Ballast(config, log);
   let admin: InstanceType<typeof AdminServer> | undefined;
+  let metricsServer: InstanceType<typeof AdminServer> | undefined;
   try {
     await ballast.start();
     if (config.admin.enabled) {
       admin = new AdminServer(ballast, config.admin.listen, log);
       await admin.start();
+      if (config.admin.metricsListen) {
+        metricsServer = new AdminServer(ballast, config.admin.metricsListen, log, 'metrics');
+        await metricsServer.start();
+      }
     }
   } catch (err) {
     process.stderr.write(`ballast: ${(err as Error).message}\n`);
     log.fatal({ err: (err as Error).message }, 'start failed');
     await ballast.stop();
     await admin?.close();
+    await metricsServer?.close();
     return 1;
   }
   log.info({ version: VERSION, config: path, admin: config.admin.enabled ? config.admin.listen.text : null, pid: process.pid }, `ballast ${VERSION} started`);
@@ -162,6 +168,7 @@ async function run(args: string[]): Promise<number> {
         .drain()
         .then(async ({ closedAtDeadline }) => {
           await admin?.close();
+          await metricsServer?.close();
           log.info({ closedAtDeadline }, 'stopped');
           resolve(0);
         })

@@ -18,6 +18,8 @@ export class AdminServer {
     private readonly ballast: Ballast,
     private readonly address: Address,
     private readonly log: Logger,
+    /** 'metrics' serves only /metrics, /healthz and /readyz (admin.metricsListen). */
+    private readonly scope: 'full' | 'metrics' = 'full',
   ) {}
 
   async start(): Promise<void> {
@@ -33,7 +35,7 @@ export class AdminServer {
     const a = this.address;
     await new Promise<void>((resolve, reject) => {
       const onError = (err: NodeJS.ErrnoException) =>
-        reject(new Error(`admin.listen: cannot listen on ${a.text}: ${err.code ?? err.message}${err.code === 'EADDRINUSE' ? ' (another process is there; set admin.listen to a free port)' : ''}`));
+        reject(new Error(`admin.${this.scope === 'full' ? 'listen' : 'metricsListen'}: cannot listen on ${a.text}: ${err.code ?? err.message}${err.code === 'EADDRINUSE' ? ' (another process is there; set admin.listen to a free port)' : ''}`));
       server.once('error', onError);
       const done = () => {
         server.removeListener('error', onError);
@@ -55,6 +57,10 @@ export class AdminServer {
     const path = (req.url ?? '/').split('?')[0];
     if (req.method !== 'GET' && req.method !== 'HEAD') {
       res.writeHead(405, { allow: 'GET, HEAD', 'content-type': 'text/plain' }).end('method not allowed\n');
+      return;
+    }
+    if (this.scope === 'metrics' && path !== '/metrics' && path !== '/healthz' && path !== '/livez' && path !== '/readyz') {
+      res.writeHead(404, { 'content-type': 'text/plain' }).end('not found: this address serves /metrics, /healthz, /readyz only\n');
       return;
     }
     switch (path) {

@@ -8,7 +8,7 @@ import { VERSION } from '../version.js';
 // scrape time: the data path increments integers, never a labelled metric.
 
 export const METRICS = {
-  info: { name: 'ballast_info', help: 'Build information; always 1.', labels: ['version', 'node'] },
+  info: { name: 'ballast_info', help: 'Build information; always 1.', labels: ['version', 'nodejs'] },
   listenerConnections: { name: 'ballast_listener_connections_total', help: 'Client connections by outcome: proxied, no_endpoint, connect_failed, over_limit, tls_refused, client_closed, draining, accept_error.', labels: ['listener', 'result'] },
   listenerActive: { name: 'ballast_listener_active_connections', help: 'Client connections open now.', labels: ['listener'] },
   upstreamHealthy: { name: 'ballast_upstream_healthy', help: '1 when the endpoint is up (checked healthy), else 0.', labels: ['cluster', 'endpoint'] },
@@ -57,7 +57,8 @@ export class Metrics {
     const counter = (k: MetricKey, collect: (c: Counter<string>) => void) =>
       new Counter({ name: METRICS[k].name, help: METRICS[k].help, labelNames: [...METRICS[k].labels], registers: [r], collect() { this.reset(); collect(this); } });
 
-    gauge('info', (g) => g.set({ version: VERSION, node: process.versions.node }, 1));
+    // `nodejs`, not `node`: Kubernetes service discovery already uses `node`.
+    gauge('info', (g) => g.set({ version: VERSION, nodejs: process.versions.node }, 1));
     counter('listenerConnections', (c) => {
       for (const l of b().listeners.values()) for (const [result, n] of l.results) c.inc({ listener: l.name, result }, n);
     });

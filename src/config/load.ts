@@ -70,7 +70,7 @@ export interface TlsProfile extends Omit<TlsProfileConfig, 'allow'> {
 }
 
 export interface Config {
-  admin: { enabled: boolean; listen: Address };
+  admin: { enabled: boolean; listen: Address; metricsListen: Address | undefined };
   log: { level: string };
   drainTimeout: number;
   workers: number;
@@ -193,7 +193,7 @@ function sectionOf(path: readonly PropertyKey[]): string {
 
 const SECTION_KEYS: Record<string, string[]> = {
   '': ['admin', 'log', 'drainTimeout', 'workers', 'tls', 'listeners', 'clusters', 'backup'],
-  admin: ['listen', 'enabled'],
+  admin: ['listen', 'metricsListen', 'enabled'],
   log: ['level'],
   'tls.*': ['cert', 'key', 'ca', 'clientCA', 'crl', 'allow', 'requireClientCert', 'minVersion', 'ciphers', 'handshakeTimeout', 'servername', 'alpn'],
   listeners: ['name', 'listen', 'cluster', 'tls', 'maxConnections', 'idleTimeout', 'socketMode', 'accessLog', 'backlog'],
@@ -345,6 +345,9 @@ function resolve(p: ParsedConfig, source: string, problems: string[]): Config {
     };
   });
 
+  if (p.admin.metricsListen !== undefined && addressKey(p.admin.metricsListen) === addressKey(p.admin.listen ?? { kind: 'inet', host: '127.0.0.1', port: 9901, family: 4, text: '' })) {
+    problems.push('admin.metricsListen: same address as admin.listen; give it its own port or leave it out');
+  }
   if (p.backup !== undefined && !clusterNames.includes(p.backup.cluster)) {
     problems.push(`backup.cluster: no cluster named "${p.backup.cluster}" (have: ${have(clusterNames)})`);
   } else if (p.backup !== undefined) {
@@ -359,7 +362,11 @@ function resolve(p: ParsedConfig, source: string, problems: string[]): Config {
   }
 
   return {
-    admin: { enabled: p.admin.enabled, listen: p.admin.listen ?? { kind: 'inet', host: '127.0.0.1', port: 9901, family: 4, text: DEFAULT_ADMIN_LISTEN } },
+    admin: {
+      enabled: p.admin.enabled,
+      listen: p.admin.listen ?? { kind: 'inet', host: '127.0.0.1', port: 9901, family: 4, text: DEFAULT_ADMIN_LISTEN },
+      metricsListen: p.admin.metricsListen,
+    },
     log: p.log,
     drainTimeout: p.drainTimeout,
     workers: p.workers,

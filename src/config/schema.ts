@@ -203,6 +203,8 @@ export const configSchema = z.strictObject({
   admin: z
     .strictObject({
       listen: address('listen').optional(),
+      /** A second, metrics-only address (/metrics, /healthz, /readyz) for Prometheus to reach over the network while /status stays on loopback. */
+      metricsListen: address('listen').optional(),
       enabled: z.boolean().default(true),
     })
     .prefault({}),

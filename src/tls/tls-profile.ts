@@ -61,7 +61,13 @@ export class TlsProfileRuntime implements TlsTerminator {
       return { ok: false, reason: 'no_client_cert', identity: 'none' };
     }
     const who = describeIdentity(id);
-    if (!socket.authorized) return { ok: false, reason: verifyReason(String(socket.authorizationError ?? '')), identity: who };
+    if (!socket.authorized) {
+      let reason = verifyReason(String(socket.authorizationError ?? ''));
+      // OpenSSL says UNSPECIFIED when a configured CRL cannot be used (e.g.
+      // its CA lacks the cRLSign key usage, as kubeadm's etcd CA does): name it.
+      if (reason === 'cert_invalid' && this.material.crl !== undefined) reason = 'crl_error';
+      return { ok: false, reason, identity: who };
+    }
     if (!this.authorizer.allows(id)) return { ok: false, reason: 'identity_not_allowed', identity: who };
     const kind = this.keyKind();
     const key = kind === 'cn' ? id.cn : kind === 'san' ? (id.uri[0] ?? id.dns[0] ?? id.cn) : id.fingerprint;

@@ -155,6 +155,36 @@ clusters:
   });
 });
 
+describe('metrics-only address (admin.metricsListen)', () => {
+  it('serves /metrics, /healthz and /readyz, and nothing else, from the CLI', async () => {
+    const echo = await startEchoServer();
+    const [port, admin, metrics] = (await freePorts(3)) as [number, number, number];
+    const file = writeConfig(dir, `
+admin: { listen: 127.0.0.1:${admin}, metricsListen: 127.0.0.1:${metrics} }
+listeners:
+  - { name: front, listen: 127.0.0.1:${port}, cluster: back }
+clusters:
+  - { name: back, endpoints: [127.0.0.1:${echo.port}], health: { check: none } }
+`, 'metrics-listen.yaml');
+    const b = runCli(['run', '--config', file]);
+    try {
+      await b.waitForLog(/ballast .* started/);
+      expect((await get(metrics, '/metrics')).body).toContain('ballast_listener_active_connections{listener="front"} 0');
+      expect((await get(metrics, '/healthz')).status).toBe(200);
+      expect((await get(metrics, '/readyz')).status).toBe(200);
+      const status = await get(metrics, '/status');
+      expect(status.status).toBe(404);
+      expect(status.body).toContain('serves /metrics, /healthz, /readyz only');
+      expect((await get(metrics, '/')).status).toBe(404);
+      expect((await get(admin, '/status')).status).toBe(200);
+    } finally {
+      b.kill('SIGTERM');
+      await b.exited;
+      await echo.close();
+    }
+  });
+});
+
 describe('live reload', () => {
   it('adds an endpoint under load with no failed connection; a broken file is refused and the old config keeps serving', async () => {
     const a = await startNamedServer('a');

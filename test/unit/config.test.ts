@@ -155,6 +155,7 @@ clusters:
     ['a fractional rise', base.replace('endpoints:', 'health: { check: tcp, rise: 1.5 }\n    endpoints:'), 'clusters[0].health.rise: expected a whole number'],
     ['a backup of an unknown cluster', `${base}backup: { cluster: etc, dir: /var/backups }\n`, 'backup.cluster: no cluster named "etc" (have: etcd)'],
     ['a backup of a non-etcd cluster', `${base}backup: { cluster: etcd, dir: /var/backups }\n`, 'backup.cluster: "etcd" is not an etcd cluster'],
+    ['a metrics address equal to the admin address', `admin: { listen: 127.0.0.1:9901, metricsListen: 127.0.0.1:9901 }\n${base}`, 'admin.metricsListen: same address as admin.listen'],
     ['an unknown log level', `log: { level: loud }\n${base}`, 'log.level: expected a log level'],
   ])('refuses %s', (_what, yaml, message) => {
     const p = problems(yaml);
