@@ -19,6 +19,16 @@ import type { HealthChecker } from './upstream/health/health-checker.js';
 
 export type RunState = 'starting' | 'running' | 'draining' | 'stopped';
 
+/**
+ * single: one process does everything. With `workers > 1` the primary runs
+ * the control plane (checks, discovery, admin, backups) and each worker the
+ * data plane (listeners), fed the primary's endpoint states.
+ */
+export type Role = 'single' | 'control' | 'data';
+
+/** How a listener's socket is shared between worker processes. */
+export type SocketSharing = 'exclusive' | 'reuseport' | 'shared';
+
 export interface BackupRunner {
   readonly stats: BackupStats;
   stop(): Promise<void> | void;
@@ -39,6 +49,8 @@ export class Ballast {
   readonly metrics: Metrics;
   readonly reloads = { ok: 0, failed: 0, lastError: undefined as string | undefined, lastAt: 0 };
   backup: BackupRunner | undefined;
+  /** Set by the primary of a multi-process ballast: the workers' data-plane counters. */
+  statsFromWorkers: (() => Promise<import('./workers/messages.js').WorkerStats[]>) | undefined;
   readonly startedAt = Date.now();
   private housekeeping: NodeJS.Timeout | undefined;
   private accessLogger: Logger | undefined;
@@ -47,6 +59,9 @@ export class Ballast {
     config: Config,
     readonly log: Logger,
     readonly clock: Clock = systemClock,
+    readonly role: Role = 'single',
+    /** Listener sockets: exclusive (one process), SO_REUSEPORT per worker, or one socket shared through node:cluster. */
+    readonly sharing: SocketSharing = 'exclusive',
   ) {
     this.config = config;
     this.metrics = new Metrics(this);
@@ -62,7 +77,7 @@ export class Ballast {
     }
     for (const cc of c.clusters) this.addCluster(cc);
     try {
-      for (const lc of c.listeners) await this.addListener(lc);
+      if (this.role !== 'control') for (const lc of c.listeners) await this.addListener(lc);
     } catch (err) {
       await this.stop();
       throw err;
@@ -84,6 +99,7 @@ export class Ballast {
   }
 
   private startControlLoops(cluster: Cluster): void {
+    if (this.role === 'data') return;
     const cc = cluster.config;
     const checkTls = () => this.checkTls(cluster.config.health.tls ?? cluster.config.tls);
     const checker = createHealthChecker(cluster, checkTls, this.clock, this.log);
@@ -111,7 +127,7 @@ export class Ballast {
   private async addListener(lc: ListenerConfig): Promise<Listener> {
     const cluster = this.clusters.get(lc.cluster)!;
     const terminator = lc.tls !== undefined ? this.tls.get(lc.tls) : undefined;
-    const l = new Listener(lc, cluster, terminator, this.hooksFor(lc), this.log);
+    const l = new Listener(lc, cluster, terminator, this.hooksFor(lc), this.log, this.sharing);
     await l.start();
     this.listeners.set(lc.name, l);
     return l;
@@ -157,8 +173,11 @@ export class Ballast {
     if (this.state === 'draining') return ['draining: shutting down'];
     if (this.state !== 'running') return [`state: ${this.state}`];
     const out: string[] = [];
-    for (const l of this.listeners.values()) {
-      if (!l.cluster.ready) out.push(`${l.name}: no healthy endpoint in cluster ${l.cluster.name} (${l.cluster.endpoints.map((e) => `${e.id} ${e.state}: ${e.reason}`).join('; ')})`);
+    // From the config, not the listener objects: the primary of a
+    // multi-process ballast has no listeners of its own.
+    for (const lc of this.config.listeners) {
+      const c = this.clusters.get(lc.cluster);
+      if (c && !c.ready) out.push(`${lc.name}: no healthy endpoint in cluster ${c.name} (${c.endpoints.map((e) => `${e.id} ${e.state}: ${e.reason}`).join('; ')})`);
     }
     return out;
   }
@@ -232,7 +251,8 @@ export class Ballast {
           continue;
         }
         const cluster = this.clusters.get(lc.cluster) ?? provisional.get(lc.cluster)!;
-        const l = new Listener(lc, cluster, tlsOf(lc.tls), this.hooksFor(lc), this.log);
+        if (this.role === 'control') continue;
+        const l = new Listener(lc, cluster, tlsOf(lc.tls), this.hooksFor(lc), this.log, this.sharing);
         await l.start();
         started.push(l);
       }
@@ -284,7 +304,7 @@ export class Ballast {
       l.cluster = this.clusters.get(l.config.cluster)!;
       this.listeners.set(l.name, l);
     }
-    for (const lc of rebind) await this.addListener(lc);
+    if (this.role !== 'control') for (const lc of rebind) await this.addListener(lc);
     for (const [name, cl] of this.clusters) {
       if (nextClusters.has(name)) continue;
       this.stopControlLoops(name);

@@ -1,9 +1,12 @@
 #!/usr/bin/env node
 import { watch } from 'node:fs';
 import { basename, dirname } from 'node:path';
+import cluster from 'node:cluster';
+import { availableParallelism } from 'node:os';
 import { parseArgs } from 'node:util';
 import type { Config } from './config/load.js';
 import { VERSION } from './version.js';
+import { reusePortSupported } from './workers/reuse-port.js';
 
 // Subcommands load what they need when they run: `--version` and `--help`
 // answer at once, and `run` does not pay for `certs`' X.509 library.
@@ -21,6 +24,10 @@ exit codes: 0 ok, 1 runtime failure, 2 bad usage or config
 `;
 
 async function main(argv: string[]): Promise<number> {
+  if (cluster.isWorker && process.env.BALLAST_WORKER !== undefined) {
+    const { runWorker } = await import('./workers/worker-main.js');
+    return runWorker();
+  }
   const [command, ...rest] = argv;
   switch (command) {
     case undefined:
@@ -112,11 +119,21 @@ async function run(args: string[]): Promise<number> {
   const { AdminServer } = await import('./admin/admin-server.js');
   const level = (p.values['log-level'] as string | undefined) ?? config.log.level;
   const log = createLogger(level);
-  const ballast = new Ballast(config, log);
+  const workers = config.workers === 0 ? availableParallelism() : config.workers;
+  // One process, or a primary (control plane) with worker processes (data plane).
+  const ballast = new Ballast(config, log, undefined, workers > 1 ? 'control' : 'single');
   let admin: InstanceType<typeof AdminServer> | undefined;
   let metricsServer: InstanceType<typeof AdminServer> | undefined;
+  let supervisor: import('./workers/supervisor.js').Supervisor | undefined;
   try {
     await ballast.start();
+    if (workers > 1) {
+      const { Supervisor } = await import('./workers/supervisor.js');
+      const sharing = config.workerSockets === 'auto' ? (reusePortSupported() ? 'reuseport' : 'shared') : config.workerSockets;
+      if (sharing === 'reuseport' && !reusePortSupported()) throw new Error(`workerSockets: reuseport needs Node.js 22.12 or later (this is ${process.versions.node}); use shared or auto`);
+      supervisor = new Supervisor(ballast, workers, path, sharing, log);
+      await supervisor.start();
+    }
     if (config.admin.enabled) {
       admin = new AdminServer(ballast, config.admin.listen, log);
       await admin.start();
@@ -128,6 +145,7 @@ async function run(args: string[]): Promise<number> {
   } catch (err) {
     process.stderr.write(`ballast: ${(err as Error).message}\n`);
     log.fatal({ err: (err as Error).message }, 'start failed');
+    await supervisor?.drain(0);
     await ballast.stop();
     await admin?.close();
     await metricsServer?.close();
@@ -138,7 +156,16 @@ async function run(args: string[]): Promise<number> {
   // Reload on SIGHUP and when the config file changes (ConfigMap updates swap a symlink in its directory).
   let reloading = Promise.resolve(true);
   const reload = (trigger: string) => {
-    reloading = reloading.then(() => ballast.reloadFromFile(trigger));
+    reloading = reloading.then(async () => {
+      const ok = await ballast.reloadFromFile(trigger);
+      if (!ok || !supervisor) return ok;
+      const r = await supervisor.reloadWorkers();
+      if (!r.ok) {
+        ballast.reloads.failed++;
+        log.error({ errors: r.errors }, `config reload: the primary applied it but a worker refused it: ${r.errors.join('; ')}`);
+      }
+      return r.ok;
+    });
   };
   process.on('SIGHUP', () => reload('SIGHUP'));
   let debounce: NodeJS.Timeout | undefined;
@@ -164,8 +191,15 @@ async function run(args: string[]): Promise<number> {
       }
       stopping = true;
       log.info({ signal }, `${signal}: draining`);
-      void ballast
-        .drain()
+      const drained = supervisor
+        ? (async () => {
+            ballast.state = 'draining';
+            await supervisor.drain(config.drainTimeout);
+            await ballast.stop();
+            return { closedAtDeadline: 0 };
+          })()
+        : ballast.drain();
+      void drained
         .then(async ({ closedAtDeadline }) => {
           await admin?.close();
           await metricsServer?.close();

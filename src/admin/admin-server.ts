@@ -79,9 +79,11 @@ export class AdminServer {
         res.writeHead(200, { 'content-type': m.contentType }).end(m.body);
         return;
       }
-      case '/status':
-        res.writeHead(200, { 'content-type': 'application/json', 'cache-control': 'no-store' }).end(JSON.stringify(statusDocument(this.ballast), null, 2));
+      case '/status': {
+        const workers = this.ballast.statsFromWorkers ? await this.ballast.statsFromWorkers() : undefined;
+        res.writeHead(200, { 'content-type': 'application/json', 'cache-control': 'no-store' }).end(JSON.stringify(statusDocument(this.ballast, workers), null, 2));
         return;
+      }
       case '/':
         res.writeHead(200, { 'content-type': 'text/html; charset=utf-8', 'content-security-policy': "default-src 'self'; style-src 'unsafe-inline'; script-src 'unsafe-inline'" }).end(STATUS_PAGE);
         return;

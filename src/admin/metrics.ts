@@ -1,4 +1,4 @@
-import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
+import { AggregatorRegistry, collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { Ballast } from '../ballast.js';
 import { VERSION } from '../version.js';
 
@@ -42,6 +42,20 @@ export const METRICS = {
 } as const;
 
 export type MetricKey = keyof typeof METRICS;
+
+/**
+ * Metrics the data path produces. With workers, each worker reports these and
+ * the primary sums them; the primary reports everything else (health state,
+ * checks, discovery, certificates, backups) once.
+ */
+export const DATA_PLANE_METRICS: ReadonlySet<string> = new Set(
+  (['listenerConnections', 'listenerActive', 'upstreamActive', 'upstreamConnections', 'upstreamConnectDuration', 'upstreamBytes', 'clusterPanicRoutes', 'affinityMoves', 'affinityBehind', 'affinityPlacements', 'tlsHandshakeFailures'] as const).map((k) => METRICS[k].name),
+);
+
+/** prom-client's process and Node.js metrics. */
+export function isDefaultMetric(name: string): boolean {
+  return name.startsWith('process_') || name.startsWith('nodejs_');
+}
 
 export class Metrics {
   readonly registry = new Registry();
@@ -162,7 +176,23 @@ export class Metrics {
     return child;
   }
 
+  /** Data-plane and process metrics of this process, for the primary to aggregate. */
+  async workerJson(): Promise<unknown[]> {
+    const all = (await this.registry.getMetricsAsJSON()) as { name: string }[];
+    return all.filter((m) => DATA_PLANE_METRICS.has(m.name) || isDefaultMetric(m.name));
+  }
+
+  /** Set by the primary of a multi-process ballast: fetches the workers' metrics. */
+  fromWorkers: (() => Promise<unknown[][]>) | undefined;
+
   async render(): Promise<{ contentType: string; body: string }> {
-    return { contentType: this.registry.contentType, body: await this.registry.metrics() };
+    if (this.fromWorkers === undefined) return { contentType: this.registry.contentType, body: await this.registry.metrics() };
+    // The primary's own data-plane numbers are not all zero: it places the
+    // clients of affinity clusters (moves, placements, panic routes), so its
+    // values are summed with the workers'.
+    const own = ((await this.registry.getMetricsAsJSON()) as { name: string }[]).filter((m) => !isDefaultMetric(m.name));
+    const workers = await this.fromWorkers();
+    const merged = AggregatorRegistry.aggregate([own, ...workers] as Parameters<typeof AggregatorRegistry.aggregate>[0]);
+    return { contentType: this.registry.contentType, body: await merged.metrics() };
   }
 }

@@ -1,10 +1,36 @@
 import type { Ballast } from '../ballast.js';
 import { VERSION } from '../version.js';
+import type { WorkerStats } from '../workers/messages.js';
 
 // /status: everything an operator asks at 3 a.m., as JSON. The status page
 // renders exactly this document, so the two never disagree.
 
-export function statusDocument(b: Ballast): Record<string, unknown> {
+export function statusDocument(b: Ballast, workers?: WorkerStats[]): Record<string, unknown> {
+  const doc = singleStatus(b);
+  return workers === undefined ? doc : mergeWorkers(doc, workers);
+}
+
+/** The primary's document with the workers' connection counters summed in. */
+function mergeWorkers(doc: Record<string, unknown>, workers: WorkerStats[]): Record<string, unknown> {
+  const sum = (a: Record<string, number>, b: Record<string, number>) => {
+    for (const [k, v] of Object.entries(b)) a[k] = (a[k] ?? 0) + v;
+    return a;
+  };
+  const listeners = (doc.listeners as { name: string; active: number; results: Record<string, number>; tlsRefusals: Record<string, number> }[]).map((l) => {
+    const mine = workers.flatMap((w) => w.listeners.filter((x) => x.name === l.name));
+    return { ...l, active: mine.reduce((n, x) => n + x.active, 0), results: mine.reduce((a, x) => sum(a, x.results), {} as Record<string, number>), tlsRefusals: mine.reduce((a, x) => sum(a, x.tlsFailures), {} as Record<string, number>) };
+  });
+  const clusters = (doc.clusters as { name: string; endpoints: { id: string; active: number; total: number; bytesUp: number; bytesDown: number }[] }[]).map((c) => ({
+    ...c,
+    endpoints: c.endpoints.map((e) => {
+      const mine = workers.flatMap((w) => w.endpoints.filter((x) => x.cluster === c.name && x.id === e.id));
+      return { ...e, active: mine.reduce((n, x) => n + x.active, 0), total: mine.reduce((n, x) => n + x.total, 0), bytesUp: mine.reduce((n, x) => n + x.bytesUp, 0), bytesDown: mine.reduce((n, x) => n + x.bytesDown, 0) };
+    }),
+  }));
+  return { ...doc, listeners, clusters, workers: workers.map((w) => ({ pid: w.pid, rss: w.rss, active: w.listeners.reduce((n, l) => n + l.active, 0) })) };
+}
+
+function singleStatus(b: Ballast): Record<string, unknown> {
   const now = b.clock.now();
   const wall = Date.now();
   return {
@@ -18,16 +44,19 @@ export function statusDocument(b: Ballast): Record<string, unknown> {
     ready: b.notReadyReasons().length === 0,
     notReady: b.notReadyReasons(),
     reloads: { ok: b.reloads.ok, failed: b.reloads.failed, lastError: b.reloads.lastError ?? null },
-    listeners: [...b.listeners.values()].map((l) => ({
-      name: l.name,
-      listen: l.address,
-      cluster: l.cluster.name,
-      tls: l.config.tls ?? null,
-      active: l.active,
-      maxConnections: l.config.maxConnections,
-      results: Object.fromEntries(l.results),
-      tlsRefusals: Object.fromEntries(l.tlsFailures),
-    })),
+    listeners: b.config.listeners.map((lc) => {
+      const l = b.listeners.get(lc.name);
+      return {
+        name: lc.name,
+        listen: lc.listen.kind === 'unix' ? `unix:${lc.listen.path}` : lc.listen.text,
+        cluster: lc.cluster,
+        tls: lc.tls ?? null,
+        active: l?.active ?? 0,
+        maxConnections: lc.maxConnections,
+        results: l ? Object.fromEntries(l.results) : {},
+        tlsRefusals: l ? Object.fromEntries(l.tlsFailures) : {},
+      };
+    }),
     clusters: [...b.clusters.values()].map((c) => {
       const endpoints = [...c.endpoints, ...c.draining].map((e) => {
         e.sweepBytes();

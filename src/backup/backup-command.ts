@@ -68,7 +68,12 @@ export async function runBackupCommand(argv: string[]): Promise<number> {
     );
     return 2;
   }
-  const log = createLogger(values['log-level'] ?? 'warn', 2);
+  const level = values['log-level'] ?? 'warn';
+  if (!['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'].includes(level)) {
+    process.stderr.write(`ballast backup: --log-level expects trace, debug, info, warn, error, fatal or silent, got "${level}"\n`);
+    return 2;
+  }
+  const log = createLogger(level, 2);
   let profiles: Map<string, TlsProfileRuntime>;
   try {
     profiles = buildTlsProfiles(config, log);

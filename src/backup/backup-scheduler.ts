@@ -16,7 +16,9 @@ import { emptyBackupStats, type BackupStats } from './stats.js';
 //                   followers), at the latest after `firstDelayMs` (10 s)
 //   then:           every `interval`, counted from the start of the previous
 //                   attempt; if that attempt is still running the tick is
-//                   skipped and counted as failure reason `overlap`
+//                   skipped and counted as failure reason `overlap`; after a
+//                   failed attempt, sooner: 1 min, 2 min, 4 min… (at most
+//                   `interval`) until one succeeds
 //   drills:         every `drillInterval` on the newest snapshot in `dir`;
 //                   never at the same time as a snapshot (a snapshot waits
 //                   for a running drill, a drill for a running snapshot), so
@@ -50,6 +52,7 @@ export interface BackupSchedulerOptions {
 }
 
 const POLL_MS = 500;
+const RETRY_MS = 60_000;
 
 export class BackupScheduler implements BackupRunner {
   readonly stats: BackupSchedulerStats;
@@ -65,6 +68,7 @@ export class BackupScheduler implements BackupRunner {
   private drillAbort: AbortController | undefined;
   private stopped = false;
   private startedAt = 0;
+  private consecutiveFailures = 0;
 
   /** Start backups for `cfg` on a running Ballast; undefined when the config has no backup section. */
   static fromConfig(ballast: Ballast, cfg: BackupConfig | undefined, log: Logger, opts: BackupSchedulerOptions = {}): BackupScheduler | undefined {
@@ -145,7 +149,21 @@ export class BackupScheduler implements BackupRunner {
       this.log.warn({ cluster: this.deps.cluster, intervalMs: this.cfg.interval }, `backup: the previous snapshot is still running after ${this.cfg.interval / 1000}s; skipping this one (overlap)`);
       return;
     }
-    void this.runNow().catch(() => undefined);
+    void this.runNow().then(
+      () => {
+        this.consecutiveFailures = 0;
+      },
+      (err: unknown) => {
+        const reason = err instanceof BackupError ? err.reason : 'io';
+        if (this.stopped || reason === 'busy' || reason === 'aborted') return;
+        // A failed backup is retried sooner than `interval`: 1 min, doubling, at most `interval`.
+        this.consecutiveFailures++;
+        const retryMs = Math.min(this.cfg.interval, RETRY_MS * 2 ** Math.min(this.consecutiveFailures - 1, 20));
+        if (this.snapshotTimer) this.clock.clearTimeout(this.snapshotTimer);
+        this.snapshotTimer = this.clock.setTimeout(() => this.tick(), retryMs);
+        this.log.info({ cluster: this.deps.cluster, retryMs, failures: this.consecutiveFailures }, `backup: retrying in ${Math.round(retryMs / 1000)}s`);
+      },
+    );
   }
 
   /**

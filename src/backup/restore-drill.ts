@@ -7,9 +7,10 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import type { Logger } from 'pino';
 import { parseDuration } from '../config/duration.js';
-import { BoltFormatError, readEtcdDb, type EtcdDbContents } from './bolt.js';
+import { BoltFormatError, type EtcdDbContents } from './bolt.js';
 import { etcdBin, etcdctlBin, etcdctlEnv, freeLoopbackPorts, runTool, spawnManaged, toolFailure, ToolMissingError, type ManagedChild } from './exec.js';
-import { BackupError, etcdctlSnapshotStatus, newestSnapshot, verifySnapshotHash, type EtcdctlSnapshotStatus } from './snapshot-file.js';
+import { BackupError, etcdctlSnapshotStatus, newestSnapshot, type EtcdctlSnapshotStatus } from './snapshot-file.js';
+import { runScan, runVerify, type WorkerSetting } from './snapshot-work.js';
 
 // The restore drill: a backup is only as good as the last time it was
 // restored. For one snapshot file:
@@ -57,6 +58,8 @@ export interface DrillOptions {
   etcdctl?: string;
   signal?: AbortSignal;
   log?: Logger;
+  /** Where the hash check and key scan run: a worker thread by default when compiled (see snapshot-work.ts). */
+  worker?: WorkerSetting;
 }
 
 export interface DrillResult {
@@ -107,7 +110,7 @@ export async function restoreDrill(file: string, opts: DrillOptions = {}): Promi
     // 1. Integrity: ours, then the real tool.
     let hash;
     try {
-      hash = await verifySnapshotHash(file, signal);
+      hash = await runVerify(file, signal, opts.worker);
     } catch (err) {
       check();
       throw new DrillError('unreadable', `cannot read ${file}: ${(err as Error).message}`);
@@ -124,7 +127,7 @@ export async function restoreDrill(file: string, opts: DrillOptions = {}): Promi
     // 2. What the file holds, read without etcd.
     let contents: EtcdDbContents;
     try {
-      contents = await readEtcdDb(file, { sample: sampleSize });
+      contents = await runScan(file, signal, opts.worker, sampleSize);
     } catch (err) {
       check();
       throw new DrillError('unreadable', `ballast's bolt reader: ${(err as Error).message}`);

@@ -1,27 +1,24 @@
 import { randomBytes } from 'node:crypto';
-import fsp, { type FileHandle } from 'node:fs/promises';
+import fsp from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { noop } from 'cockatiel';
-import { Etcd3 } from 'etcd3';
 import type { Logger } from 'pino';
 import type { Address } from '../config/address.js';
 import type { BackupConfig } from '../config/schema.js';
 import type { CheckTls } from '../upstream/health/http-check.js';
 import type { Endpoint, EndpointState } from '../upstream/endpoint.js';
-import { readEtcdDb } from './bolt.js';
 import {
   BackupError,
   etcdctlSnapshotStatus,
   fsyncDir,
   PARTIAL_NAME,
   pruneSnapshots,
-  SnapshotHasher,
   snapshotName,
   utcStamp,
   type BackupFailureReason,
   type EtcdctlSnapshotStatus,
 } from './snapshot-file.js';
+import { runDownload, runScan, type WorkerSetting } from './snapshot-work.js';
 import { emptyBackupStats, type BackupStats } from './stats.js';
 
 export { BackupError, type BackupFailureReason } from './snapshot-file.js';
@@ -44,9 +41,11 @@ export { BackupError, type BackupFailureReason } from './snapshot-file.js';
 // is in-process and, for `ballast backup` run beside a daemon on the same
 // directory, a lock file DIR/.ballast-backup.lock.
 //
-// Everything is async I/O on 32 KiB chunks with backpressure (the gRPC
-// stream is paused while a chunk is written), so the proxy's event loop keeps
-// serving while a multi-GB database streams.
+// The per-byte work (gRPC decoding, SHA-256, writes, the key scan) runs on a
+// worker thread (snapshot-work.ts), streamed with backpressure in batches of
+// at most 1 MiB, so the proxy's event loop keeps serving while a multi-GB
+// database streams; without the compiled worker (TypeScript sources) the same
+// code runs here, still as async I/O.
 
 /** What the snapshotter needs to know about a member: the cluster's Endpoint satisfies it. */
 export interface SnapshotMember {
@@ -120,8 +119,14 @@ export interface SnapshotterOptions {
   etcdctl?: string;
   /** Wall clock for file names and stats (tests). */
   now?: () => Date;
-  /** Called after each chunk is written (progress, tests). */
+  /** Called as data arrives (progress, tests): the first chunk at once, then at most every 50 ms from a worker. */
   onProgress?: (p: SnapshotProgress) => void;
+  /**
+   * Where the per-byte work runs: default the compiled snapshot-worker.js
+   * beside this module (a worker thread), or this thread when there is none;
+   * a path/URL to use that worker file; false for this thread.
+   */
+  worker?: WorkerSetting;
 }
 
 export interface SnapshotProgress {
@@ -157,7 +162,6 @@ export interface SnapshotResult {
 }
 
 const LOCK_NAME = '.ballast-backup.lock';
-const WRITE_BATCH = 1 << 20;
 
 export class Snapshotter {
   readonly stats: BackupStats;
@@ -234,7 +238,21 @@ export class Snapshotter {
 
       partial = path.join(o.dir, `.etcd-snapshot-${utcStamp(startedAt)}-${process.pid}-${randomBytes(3).toString('hex')}.partial`);
       const tStream = Date.now();
-      const { sha256, size } = await this.download(choice.member, partial, both);
+      const m = choice.member;
+      const t = o.tls();
+      const servername = t?.servername(m as unknown as Endpoint);
+      const { sha256, size } = await runDownload(
+        {
+          member: { id: m.id, address: m.address, host: m.host, port: m.port },
+          ...(t ? { tls: { ...(t.ca ? { ca: t.ca } : {}), ...(t.cert ? { cert: t.cert } : {}), ...(t.key ? { key: t.key } : {}) } } : {}),
+          ...(servername ? { servername } : {}),
+          file: partial,
+          dialTimeoutMs: Math.min(o.timeoutMs, 5_000),
+        },
+        both,
+        (p) => o.onProgress?.({ member: m.id, partial: partial!, bytes: p.bytes, total: p.total }),
+        o.worker,
+      );
       const tStatus = Date.now();
 
       // The real tool: bolt opens it, its page check passes, every bucket walks.
@@ -250,7 +268,7 @@ export class Snapshotter {
       let revision = status.revision;
       const tScan = Date.now();
       try {
-        const c = await readEtcdDb(partial);
+        const c = await runScan(partial, both, o.worker);
         keys = c.liveKeys;
         if (c.maxRevision !== status.revision) o.log.warn({ cluster: o.cluster, ours: c.maxRevision, etcdctl: status.revision }, 'backup: our bolt reader and etcdctl disagree on the revision');
         revision = c.revision;
@@ -324,123 +342,11 @@ export class Snapshotter {
       }
     }
   }
-
-  /** Stream the member's snapshot into `file`, checking etcd's hash and the announced size. */
-  private async download(m: SnapshotMember, file: string, signal: AbortSignal): Promise<{ sha256: string; size: number }> {
-    const o = this.opts;
-    const client = makeClient(m, o.tls(), Math.min(o.timeoutMs, 5_000));
-    let fh: FileHandle | undefined;
-    let stream: SnapshotStream | undefined;
-    const onAbort = () => stream?.cancel();
-    signal.addEventListener('abort', onAbort, { once: true });
-    const hasher = new SnapshotHasher();
-    let total: number | undefined;
-    let lastRemaining: number | undefined;
-    let pending: Buffer[] = [];
-    let pendingBytes = 0;
-    const flush = async () => {
-      if (pending.length === 0) return;
-      const chunks = pending;
-      pending = [];
-      pendingBytes = 0;
-      const want = chunks.reduce((n, c) => n + c.length, 0);
-      try {
-        const done = (await fh!.writev(chunks)).bytesWritten;
-        // A short write (rare on regular files) continues where it stopped.
-        if (done < want) {
-          const rest = Buffer.concat(chunks).subarray(done);
-          for (let off = 0; off < rest.length; ) off += (await fh!.write(rest, off, rest.length - off)).bytesWritten;
-        }
-      } catch (err) {
-        throw new BackupError('io', `writing ${file}: ${(err as Error).message}`);
-      }
-    };
-    try {
-      try {
-        fh = await fsp.open(file, 'wx', 0o600);
-      } catch (err) {
-        throw new BackupError('io', `cannot create ${file}: ${(err as Error).message}`);
-      }
-      if (signal.aborted) throw abortReason(signal);
-      // grpc-js's ClientReadableStream: an object-mode Readable with cancel().
-      stream = (await client.maintenance.snapshot()) as unknown as SnapshotStream;
-      if (signal.aborted) {
-        stream.cancel();
-        throw abortReason(signal);
-      }
-      try {
-        for await (const msg of stream) {
-          const blob = msg.blob;
-          const remaining = Number(msg.remaining_bytes);
-          // remaining_bytes counts the database bytes still to come after this message.
-          if (total === undefined && blob.length > 0) total = hasher.bytes + blob.length + remaining + 32;
-          lastRemaining = remaining;
-          hasher.update(blob);
-          // Batch the 32 KiB messages into writes of up to 1 MiB: one
-          // threadpool round trip per MiB, not per message.
-          pending.push(blob);
-          pendingBytes += blob.length;
-          if (pendingBytes >= WRITE_BATCH) await flush();
-          o.onProgress?.({ member: m.id, partial: file, bytes: hasher.bytes, total });
-          if (signal.aborted) throw abortReason(signal);
-        }
-        await flush();
-      } catch (err) {
-        if (signal.aborted) throw abortReason(signal);
-        if (err instanceof BackupError) throw err;
-        const msg = ((err as Error).message ?? String(err)).split('\n')[0]!;
-        throw new BackupError(hasher.bytes === 0 ? 'connect' : 'stream', `${hasher.bytes === 0 ? 'snapshot stream failed before the first byte' : `snapshot stream broke after ${hasher.bytes} bytes`}: ${msg}`);
-      }
-      if (signal.aborted) throw abortReason(signal);
-      if (total === undefined || hasher.bytes !== total || lastRemaining !== 0) {
-        throw new BackupError('truncated', `the stream ended after ${hasher.bytes} bytes; the member announced ${total === undefined ? 'nothing' : total}`);
-      }
-      const check = hasher.result();
-      if (!check.ok) throw new BackupError('bad_hash', check.problem ?? 'hash mismatch');
-      // The hash was checked on the stream; make sure the file holds every byte of it.
-      const onDisk = (await fh.stat()).size;
-      if (onDisk !== check.size) throw new BackupError('io', `${file} holds ${onDisk} bytes, the stream had ${check.size}`);
-      try {
-        await fh.sync();
-        await fh.close();
-        fh = undefined;
-      } catch (err) {
-        throw new BackupError('io', `syncing ${file}: ${(err as Error).message}`);
-      }
-      return { sha256: check.expected, size: check.size };
-    } finally {
-      signal.removeEventListener('abort', onAbort);
-      await fh?.close().catch(() => undefined);
-      client.close();
-    }
-  }
-}
-
-interface SnapshotStream extends AsyncIterable<{ blob: Buffer; remaining_bytes: string | number }> {
-  cancel(): void;
 }
 
 function abortReason(signal: AbortSignal): BackupError {
   const r: unknown = signal.reason;
   return r instanceof BackupError ? r : new BackupError('aborted', 'aborted');
-}
-
-/** A client for one member only: no retries, no circuit breaker, no other hosts. */
-function makeClient(m: SnapshotMember, t: CheckTls | undefined, dialTimeout: number): Etcd3 {
-  const scheme = t?.ca ? 'https' : 'http';
-  const host = m.address.kind === 'inet' ? (m.address.family === 6 ? `[${m.host}]` : m.host) : 'localhost';
-  const servername = t?.servername(m as unknown as Endpoint);
-  return new Etcd3({
-    hosts: m.address.kind === 'unix' ? `unix://${m.address.path}` : `${scheme}://${host}:${m.port}`,
-    ...(t?.ca ? { credentials: { rootCertificate: t.ca, ...(t.cert ? { certChain: t.cert, privateKey: t.key! } : {}) } } : {}),
-    faultHandling: { host: () => noop, global: noop },
-    dialTimeout,
-    grpcOptions: {
-      'grpc.initial_reconnect_backoff_ms': 100,
-      'grpc.max_reconnect_backoff_ms': 1000,
-      ...(servername ? { 'grpc.ssl_target_name_override': servername, 'grpc.default_authority': servername } : {}),
-    },
-  });
 }
 
 /**

@@ -67,6 +67,8 @@ export interface ListenerConfig {
 export interface TlsProfile extends Omit<TlsProfileConfig, 'allow'> {
   name: string;
   allow: AllowRule[];
+  /** Session ticket keys shared by the workers of one ballast (not a config key). */
+  ticketKeys?: Buffer;
 }
 
 export interface Config {
@@ -74,6 +76,7 @@ export interface Config {
   log: { level: string };
   drainTimeout: number;
   workers: number;
+  workerSockets: 'auto' | 'reuseport' | 'shared';
   tls: Map<string, TlsProfile>;
   listeners: ListenerConfig[];
   clusters: ClusterConfig[];
@@ -192,7 +195,7 @@ function sectionOf(path: readonly PropertyKey[]): string {
 }
 
 const SECTION_KEYS: Record<string, string[]> = {
-  '': ['admin', 'log', 'drainTimeout', 'workers', 'tls', 'listeners', 'clusters', 'backup'],
+  '': ['admin', 'log', 'drainTimeout', 'workers', 'workerSockets', 'tls', 'listeners', 'clusters', 'backup'],
   admin: ['listen', 'metricsListen', 'enabled'],
   log: ['level'],
   'tls.*': ['cert', 'key', 'ca', 'clientCA', 'crl', 'allow', 'requireClientCert', 'minVersion', 'ciphers', 'handshakeTimeout', 'servername', 'alpn'],
@@ -370,6 +373,7 @@ function resolve(p: ParsedConfig, source: string, problems: string[]): Config {
     log: p.log,
     drainTimeout: p.drainTimeout,
     workers: p.workers,
+    workerSockets: p.workerSockets,
     tls,
     listeners,
     clusters,

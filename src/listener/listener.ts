@@ -52,6 +52,8 @@ export class Listener implements ListenerPort {
     private readonly tls: TlsTerminator | undefined,
     private readonly hooks: ListenerHooks,
     private readonly log: Logger,
+    /** exclusive: this process only; reuseport: one socket per worker (SO_REUSEPORT); shared: node:cluster shares one socket. */
+    private readonly sharing: 'exclusive' | 'reuseport' | 'shared' = 'exclusive',
   ) {
     this.name = config.name;
     this.rlog = new RateLimitedLog(log);
@@ -105,7 +107,8 @@ export class Listener implements ListenerPort {
     return new Promise((resolve, reject) => {
       const onError = (err: NodeJS.ErrnoException) => reject(listenError(this.name, this.address, err));
       server.once('error', onError);
-      server.listen({ host: a.host === '' ? undefined : a.host, port: a.port, backlog: this.config.backlog, exclusive: true }, () => {
+      const opts = { host: a.host === '' ? undefined : a.host, port: a.port, backlog: this.config.backlog, exclusive: this.sharing !== 'shared', reusePort: this.sharing === 'reuseport' };
+      server.listen(opts as Parameters<Server['listen']>[0], () => {
         server.removeListener('error', onError);
         resolve();
       });
@@ -113,11 +116,12 @@ export class Listener implements ListenerPort {
   }
 
   private async listenUnix(server: Server, path: string): Promise<void> {
-    await removeStaleSocket(path, this.name);
+    // Workers share one unix socket through node:cluster; the primary removed any stale file before forking.
+    if (this.sharing === 'exclusive') await removeStaleSocket(path, this.name);
     await new Promise<void>((resolve, reject) => {
       const onError = (err: NodeJS.ErrnoException) => reject(listenError(this.name, `unix:${path}`, err));
       server.once('error', onError);
-      server.listen({ path, backlog: this.config.backlog }, () => {
+      server.listen({ path, backlog: this.config.backlog, exclusive: this.sharing === 'exclusive' }, () => {
         server.removeListener('error', onError);
         resolve();
       });
@@ -264,7 +268,7 @@ function listenError(name: string, address: string, err: NodeJS.ErrnoException):
 }
 
 /** A socket file left by a dead ballast is removed; one that still answers is an error. */
-async function removeStaleSocket(path: string, name: string): Promise<void> {
+export async function removeStaleSocket(path: string, name: string): Promise<void> {
   let isSocket = false;
   try {
     isSocket = lstatSync(path).isSocket();

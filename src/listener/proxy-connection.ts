@@ -115,7 +115,21 @@ export class ProxyConnection implements TrackedConnection {
 
   connect(): void {
     const cluster = this.port.cluster;
-    const e = cluster.pick({ key: this.key, tried: this.tried });
+    if (cluster.remotePick !== undefined) {
+      // Worker processes ask the primary where an affinity client goes, so
+      // placements (and their memory) are the same whichever worker accepted.
+      cluster.remotePick(this.key, this.tried).then(
+        (e) => this.connectTo(e),
+        () => this.connectTo(cluster.pick({ key: this.key, tried: this.tried })),
+      );
+      return;
+    }
+    this.connectTo(cluster.pick({ key: this.key, tried: this.tried }));
+  }
+
+  private connectTo(e: Endpoint | undefined): void {
+    if (this.state === CLOSED) return;
+    const cluster = this.port.cluster;
     if (e === undefined) {
       this.fail(this.tried === null ? 'no_endpoint' : 'connect_failed');
       return;

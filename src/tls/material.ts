@@ -117,6 +117,7 @@ export function readMaterial(p: TlsProfile, roles: { server: boolean; client: bo
       rejectUnauthorized: false,
     };
     if (set.clientCA) server.ca = set.clientCA;
+    if (p.ticketKeys) server.ticketKeys = p.ticketKeys;
     if (set.crl) server.crl = set.crl;
     try {
       createSecureContext(server);

@@ -24,6 +24,21 @@ export interface CheckResult {
 
 export interface ClusterObserver {
   stateChanged(cluster: Cluster, e: Endpoint, from: EndpointState, to: EndpointState, reason: string): void;
+  /** Endpoints were added or removed, or a check updated what is known of one. */
+  changed?(cluster: Cluster): void;
+}
+
+/** What a worker process needs to know of the primary's view of an endpoint. */
+export interface EndpointSnapshot {
+  id: string;
+  address: string;
+  servername: string | undefined;
+  weight: number;
+  state: EndpointState;
+  reason: string;
+  /** Ages (ms before the snapshot) rather than times: clocks differ per process. */
+  upAgeMs: number | undefined;
+  raft: { ageMs: number; index: number }[];
 }
 
 /** The active health checker as the cluster sees it. */
@@ -46,6 +61,13 @@ export class Cluster {
   panicRoutes = 0;
   noEndpointRefusals = 0;
   prober: Prober | undefined;
+  /**
+   * Set in worker processes: passive failures go to the primary, which owns
+   * the health state machine, instead of ejecting locally.
+   */
+  remoteOutcome: ((e: Endpoint, outcome: ConnectOutcome) => void) | undefined;
+  /** Set in worker processes for affinity clusters: the primary places clients. */
+  remotePick: ((key: string, tried: readonly Endpoint[] | null) => Promise<Endpoint | undefined>) | undefined;
   private readonly observers: ClusterObserver[] = [];
   private readonly timers = new Map<Endpoint, ReturnType<Clock['setTimeout']>>();
 
@@ -113,9 +135,61 @@ export class Cluster {
       if (e.active > 0) this.draining.add(e);
     }
     this.rebuild();
-    if (added.length > 0 || removed.length > 0) this.prober?.endpointsChanged();
+    if (added.length > 0 || removed.length > 0) {
+      this.prober?.endpointsChanged();
+      for (const o of this.observers) o.changed?.(this);
+    }
     return { added, removed };
   }
+
+  /** The primary's view of every endpoint, for worker processes. */
+  snapshot(): EndpointSnapshot[] {
+    const now = this.clock.now();
+    return this.endpoints.map((e) => ({
+      id: e.id,
+      address: e.address.text,
+      servername: e.servername,
+      weight: e.weight,
+      state: e.state,
+      reason: e.reason,
+      upAgeMs: e.upSince > 0 ? now - e.upSince : undefined,
+      raft: e.raftHistory().map((r) => ({ ageMs: now - r.at, index: r.index })),
+    }));
+  }
+
+  /**
+   * In a worker: make the endpoints and their states match the primary's
+   * snapshot. States are taken as decided (no rise/fall here); leaving the
+   * eligible set still closes connections with onDown: close.
+   */
+  applySnapshot(snap: readonly EndpointSnapshot[], specs: readonly EndpointSpec[]): void {
+    this.setEndpoints(specs);
+    const now = this.clock.now();
+    let changed = false;
+    for (const s of snap) {
+      const e = this.find(s.id);
+      if (!e) continue;
+      e.replaceRaftHistory(s.raft.map((r) => ({ at: now - r.ageMs, index: r.index })));
+      if (s.upAgeMs !== undefined) e.upSince = now - s.upAgeMs;
+      if (e.state === s.state) {
+        e.reason = s.reason;
+        continue;
+      }
+      const wasEligible = e.eligible;
+      e.state = s.state;
+      e.reason = s.reason;
+      e.since = now;
+      changed = true;
+      if (wasEligible && !e.eligible && s.state !== 'draining') this.closeOnDownAfterRebuild.add(e);
+    }
+    if (changed) {
+      this.rebuild();
+      for (const e of this.closeOnDownAfterRebuild) this.closeOnDown(e);
+      this.closeOnDownAfterRebuild.clear();
+    }
+  }
+
+  private readonly closeOnDownAfterRebuild = new Set<Endpoint>();
 
   find(id: string): Endpoint | undefined {
     return this.endpoints.find((e) => e.id === id);
@@ -160,6 +234,10 @@ export class Cluster {
 
   /** Passive detection: a failed connect or a reset on an established connection. */
   reportFailure(e: Endpoint, outcome: ConnectOutcome): void {
+    if (this.remoteOutcome !== undefined) {
+      this.remoteOutcome(e, outcome);
+      return;
+    }
     e.lastOutcome = outcome;
     e.outcomes.set(outcome, (e.outcomes.get(outcome) ?? 0) + 1);
     e.passiveFailures++;
@@ -172,6 +250,7 @@ export class Cluster {
   /** A health check finished. Rise and fall turn streaks into state changes. */
   reportCheck(e: Endpoint, r: CheckResult): void {
     if (e.state === 'draining' || !this.endpoints.includes(e)) return;
+    if (r.etcd) for (const o of this.observers) o.changed?.(this);
     const now = this.clock.now();
     e.lastCheckAt = now;
     e.lastCheckMs = r.durationMs;

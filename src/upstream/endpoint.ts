@@ -132,6 +132,18 @@ export class Endpoint {
     if (this.raftSamples.length > RAFT_SAMPLES) this.raftSamples.shift();
   }
 
+  raftHistory(): readonly { at: number; index: number }[] {
+    return this.raftSamples;
+  }
+
+  /** Worker processes take the primary's samples (re-timed to their own clock). */
+  replaceRaftHistory(samples: { at: number; index: number }[]): void {
+    this.raftSamples.length = 0;
+    this.lastRaftIndex = 0;
+    this.lastRaftAt = 0;
+    for (const s of samples) this.noteRaft(s.at, s.index);
+  }
+
   /**
    * Whether this member is known to have applied at least what `other` had
    * when `other` was last seen. Samples of two members are taken at
