@@ -32,6 +32,8 @@ const HELP = `usage: node bench/run.mjs [options]
   --loadgen TOOL       wrk or autocannon (default: wrk if installed)
   --ballast-node PATH  node binary for ballast (default: Node 24 if present, else this node)
   --out DIR            where latest.md / latest.json go (default bench/results)
+  --workers N          ballast workers and haproxy nbthread (default 1: equal cores)
+  --worker-sockets M   ballast with workers: auto, reuseport (Node 22.12+) or shared
 `;
 
 class UsageError extends Error {}
@@ -49,6 +51,8 @@ function options() {
         loadgen: { type: 'string' },
         'ballast-node': { type: 'string' },
         out: { type: 'string', default: join(BENCH, 'results') },
+        workers: { type: 'string', default: '1' },
+        'worker-sockets': { type: 'string', default: 'auto' },
         help: { type: 'boolean', short: 'h', default: false },
       },
     }));
@@ -73,7 +77,10 @@ function options() {
   if (unknown.length) throw new UsageError(`--only: unknown scenario ${unknown.join(', ')} (have ${SCENARIOS.map((s) => s.id).join(', ')})`);
   const loadgen = values.loadgen ?? (wrkAvailable() ? 'wrk' : 'autocannon');
   if (!['wrk', 'autocannon'].includes(loadgen)) throw new UsageError(`--loadgen: expected wrk or autocannon, got "${loadgen}"`);
-  return { rounds, duration, warmup, ids, loadgen, ballastNodeBin: ballastNode(values['ballast-node']), out: values.out };
+  const workers = Math.max(1, Math.round(num(values.workers, 1, 'workers')));
+  const workerSockets = values['worker-sockets'];
+  if (!['auto', 'reuseport', 'shared'].includes(workerSockets)) throw new UsageError(`--worker-sockets: expected auto, reuseport or shared, got "${workerSockets}"`);
+  return { rounds, duration, warmup, ids, loadgen, ballastNodeBin: ballastNode(values['ballast-node']), out: values.out, workers, workerSockets };
 }
 
 function sh(cmd, args) {
@@ -108,7 +115,7 @@ function estimate(o) {
 async function runScenario(s, o, ctx, workdir) {
   process.stdout.write(`\n== ${s.id}: ${s.title}\n`);
   const back = await s.setup(ctx);
-  const targets = (s.targets ?? makeTargets)(back.backend, { scenario: s.id, workdir, root: ROOT, node: o.ballastNodeBin });
+  const targets = (s.targets ?? makeTargets)(back.backend, { scenario: s.id, workdir, root: ROOT, node: o.ballastNodeBin, workers: o.workers, workerSockets: o.workerSockets });
   const rounds = [];
   const notes = [];
   try {

@@ -3,7 +3,7 @@
 // starts goes through spawnTracked() so killAll() can clean up on exit/SIGINT.
 
 import { spawn, execFileSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import { connect, createServer } from 'node:net';
 
 const tracked = new Map(); // pid -> ChildProcess
@@ -139,10 +139,33 @@ export function cpuTimes(pid) {
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
     // Fields after the command name (which may contain spaces) start at field 3.
     const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return { user: Number(rest[11]) / CLK_TCK, sys: Number(rest[12]) / CLK_TCK }; // fields 14, 15
+    const own = { user: Number(rest[11]) / CLK_TCK, sys: Number(rest[12]) / CLK_TCK }; // fields 14, 15
+    // A multi-process ballast (workers) does its work in child processes:
+    // count the live children too, so CPU compares with haproxy's threads.
+    for (const child of childPids(pid)) {
+      const c = cpuTimes(child);
+      if (c) {
+        own.user += c.user;
+        own.sys += c.sys;
+      }
+    }
+    return own;
   } catch {
     return undefined;
   }
+}
+
+function childPids(pid) {
+  const out = [];
+  try {
+    for (const tid of readdirSync(`/proc/${pid}/task`)) {
+      const kids = readFileSync(`/proc/${pid}/task/${tid}/children`, 'utf8').trim();
+      if (kids) out.push(...kids.split(/\s+/).map(Number));
+    }
+  } catch {
+    // gone
+  }
+  return out;
 }
 
 /** utime+stime of a process in seconds, or undefined if it is gone. */

@@ -28,10 +28,10 @@ export function directTarget(backend) {
   };
 }
 
-export function haproxyConfig({ port, backend }) {
+export function haproxyConfig({ port, backend, threads = 1 }) {
   return `# written by bench/lib/targets.mjs
 global
-    nbthread 1
+    nbthread ${threads}
     maxconn 8000
     # no 'log' line: haproxy does not log
 
@@ -52,7 +52,7 @@ backend back
 }
 
 /** haproxy -db (foreground), mode tcp, one thread, one server. */
-export function haproxyTarget(backend, { workdir, tag = 'haproxy' }) {
+export function haproxyTarget(backend, { workdir, tag = 'haproxy', workers = 1 }) {
   let child;
   const t = {
     name: 'haproxy',
@@ -62,7 +62,7 @@ export function haproxyTarget(backend, { workdir, tag = 'haproxy' }) {
     async start() {
       t.port = await freePort();
       const cfg = join(workdir, `${tag}.cfg`);
-      writeFileSync(cfg, haproxyConfig({ port: t.port, backend }));
+      writeFileSync(cfg, haproxyConfig({ port: t.port, backend, threads: workers }));
       child = spawnTracked('haproxy', ['-f', cfg, '-db'], { name: 'haproxy' });
       t.pid = child.pid;
       await waitListening(t.host, t.port, { child });
@@ -70,18 +70,19 @@ export function haproxyTarget(backend, { workdir, tag = 'haproxy' }) {
     async stop() {
       await stopChild(child);
     },
-    describe: () => 'client → haproxy (mode tcp, nbthread 1) → backend',
+    describe: () => `client → haproxy (mode tcp, nbthread ${workers}) → backend`,
     output: () => (child ? child.outTail + child.errTail : ''),
   };
   return t;
 }
 
-export function ballastConfig({ port, backend }) {
+export function ballastConfig({ port, backend, workers = 1, workerSockets = 'auto' }) {
   return `# written by bench/lib/targets.mjs
 admin: { enabled: false }
 log: { level: warn }
 drainTimeout: 1s
-workers: 1
+workers: ${workers}
+workerSockets: ${workerSockets}
 listeners:
   - { name: front, listen: 127.0.0.1:${port}, cluster: back }
 clusters:
@@ -106,7 +107,7 @@ export function nodeVersion(bin) {
 }
 
 /** node dist/cli.js run --config cfg, one process. */
-export function ballastTarget(backend, { workdir, root, node, tag = 'ballast' }) {
+export function ballastTarget(backend, { workdir, root, node, tag = 'ballast', workers = 1, workerSockets = 'auto' }) {
   let child;
   const t = {
     name: 'ballast',
@@ -116,7 +117,7 @@ export function ballastTarget(backend, { workdir, root, node, tag = 'ballast' })
     async start() {
       t.port = await freePort();
       const cfg = join(workdir, `${tag}.yaml`);
-      writeFileSync(cfg, ballastConfig({ port: t.port, backend }));
+      writeFileSync(cfg, ballastConfig({ port: t.port, backend, workers, workerSockets }));
       child = spawnTracked(node, [join(root, 'dist/cli.js'), 'run', '--config', cfg, '--log-level', 'warn'], { name: 'ballast' });
       t.pid = child.pid;
       await waitListening(t.host, t.port, { child });
@@ -124,7 +125,7 @@ export function ballastTarget(backend, { workdir, root, node, tag = 'ballast' })
     async stop() {
       await stopChild(child);
     },
-    describe: () => 'client → ballast → backend',
+    describe: () => `client → ballast (${workers === 1 ? 'one process' : `${workers} workers, ${workerSockets} sockets`}) → backend`,
     /** Whatever ballast logged at warn and above during the run. */
     output: () => (child ? child.outTail + child.errTail : ''),
   };
