@@ -18,6 +18,9 @@ usage:
   ballast check-config --config FILE              validate a config and the files it names, then exit
   ballast certs --out DIR [...]                   make a CA and server/client certificates (see: ballast certs --help)
   ballast demo [--base-port N]                    a 3-member etcd cluster behind ballast with mTLS, on loopback
+  ballast backup --config FILE                    take one verified etcd snapshot into backup.dir now
+  ballast restore-drill (--snapshot FILE | --dir DIR) [--keep-dir]
+                                                  restore a snapshot into a throwaway etcd and check it serves the data
   ballast --version | --help
 
 exit codes: 0 ok, 1 runtime failure, 2 bad usage or config
@@ -52,6 +55,14 @@ async function main(argv: string[]): Promise<number> {
     case 'demo': {
       const { runDemo } = await import('./demo/demo.js');
       return runDemo(rest);
+    }
+    case 'backup': {
+      const { runBackupCommand } = await import('./backup/backup-command.js');
+      return runBackupCommand(rest);
+    }
+    case 'restore-drill': {
+      const { runRestoreDrillCommand } = await import('./backup/restore-drill.js');
+      return runRestoreDrillCommand(rest);
     }
     default:
       process.stderr.write(`ballast: unknown command "${command}"\n\n${USAGE}`);
@@ -152,6 +163,11 @@ async function run(args: string[]): Promise<number> {
     return 1;
   }
   log.info({ version: VERSION, config: path, admin: config.admin.enabled ? config.admin.listen.text : null, pid: process.pid }, `ballast ${VERSION} started`);
+  if (config.backup) {
+    // In the primary only (workers go through runWorker): backups live with the health checks.
+    const { BackupScheduler } = await import('./backup/backup-scheduler.js');
+    ballast.backup = BackupScheduler.fromConfig(ballast, config.backup, log);
+  }
 
   // Reload on SIGHUP and when the config file changes (ConfigMap updates swap a symlink in its directory).
   let reloading = Promise.resolve(true);

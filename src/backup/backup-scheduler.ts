@@ -45,8 +45,8 @@ export interface BackupSchedulerDeps {
 export interface BackupSchedulerOptions {
   /** Latest moment for the first snapshot, in ms after start. Default 10 s. */
   firstDelayMs?: number;
-  /** Passed to the snapshotter (etcdctl path, progress hook, wall clock). */
-  snapshot?: Pick<SnapshotterOptions, 'etcdctl' | 'onProgress' | 'now'>;
+  /** Passed to the snapshotter (etcdctl path, progress hook, wall clock, worker thread). */
+  snapshot?: Pick<SnapshotterOptions, 'etcdctl' | 'onProgress' | 'now' | 'worker'>;
   /** Passed to the restore drill (sample size, work dir, binaries, timeout). */
   drill?: Omit<DrillOptions, 'signal' | 'log'>;
 }

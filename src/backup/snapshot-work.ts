@@ -2,8 +2,7 @@ import { existsSync } from 'node:fs';
 import fsp, { type FileHandle } from 'node:fs/promises';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { Worker } from 'node:worker_threads';
-import { noop } from 'cockatiel';
-import { Etcd3 } from 'etcd3';
+import type { Etcd3 } from 'etcd3';
 import type { Address } from '../config/address.js';
 import { readEtcdDb, type EtcdDbContents } from './bolt.js';
 import { BackupError, SnapshotHasher, verifySnapshotHash, type BackupFailureReason, type HashCheck } from './snapshot-file.js';
@@ -48,8 +47,9 @@ function abortReason(signal: AbortSignal): BackupError {
   return new BackupError('aborted', 'aborted');
 }
 
-/** A client for one member only: no retries, no circuit breaker, no other hosts. */
-function makeClient(req: DownloadRequest): Etcd3 {
+/** A client for one member only: no retries, no circuit breaker, no other hosts. (etcd3 and grpc-js load on first use.) */
+async function makeClient(req: DownloadRequest): Promise<Etcd3> {
+  const [{ Etcd3 }, { noop }] = await Promise.all([import('etcd3'), import('cockatiel')]);
   const { member: m, tls: t } = req;
   const scheme = t?.ca ? 'https' : 'http';
   const host = m.address.kind === 'inet' ? (m.address.family === 6 ? `[${m.host}]` : m.host) : 'localhost';
@@ -73,7 +73,7 @@ function makeClient(req: DownloadRequest): Etcd3 {
  */
 export async function downloadSnapshot(req: DownloadRequest, signal: AbortSignal, onProgress?: (p: Progress) => void): Promise<DownloadResult> {
   const file = req.file;
-  const client = makeClient(req);
+  const client = await makeClient(req);
   let fh: FileHandle | undefined;
   let stream: SnapshotStream | undefined;
   const onAbort = () => stream?.cancel();
