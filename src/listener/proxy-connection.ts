@@ -3,7 +3,8 @@
 import { connect as netConnect, type NetConnectOpts, type Socket } from 'node:net';
 import { connect as tlsConnect, type SecureContext, type TLSSocket } from 'node:tls';
 import type { Cluster } from '../upstream/cluster.js';
-import type { ConnectOutcome, Endpoint, TrackedConnection } from '../upstream/endpoint.js';
+import type { PickContext } from '../upstream/balancer/balancer.js';
+import type { ConnectOutcome, Endpoint, PendingConnect, TrackedConnection } from '../upstream/endpoint.js';
 
 // The hot path: one client connection, its upstream, and the bytes between
 // them. Handlers are module-level functions that find their connection
@@ -49,7 +50,7 @@ const CONNECTING = 0;
 const PIPING = 1;
 const CLOSED = 2;
 
-export class ProxyConnection implements TrackedConnection {
+export class ProxyConnection implements TrackedConnection, PendingConnect {
   upstream: Socket | TLSSocket | null = null;
   endpoint: Endpoint | null = null;
   state = CONNECTING;
@@ -124,7 +125,27 @@ export class ProxyConnection implements TrackedConnection {
       );
       return;
     }
-    this.connectTo(cluster.pick({ key: this.key, tried: this.tried }));
+    const ctx: PickContext = { key: this.key, tried: this.tried };
+    const e = cluster.pick(ctx);
+    if (ctx.barrier !== undefined && ctx.barrier > 0 && e !== undefined) {
+      // An affinity client leaving its member: wait until the new member has
+      // applied what the old one had (failover path only, never per chunk).
+      void cluster.awaitRaft(e, ctx.barrier).then(() => this.connectTo(e));
+      return;
+    }
+    this.connectTo(e);
+  }
+
+  /** The endpoint we are connecting to went down: try another, without blaming it. */
+  redirect(): void {
+    const e = this.endpoint;
+    if (this.state !== CONNECTING || this.upstream === null || e === null) return;
+    e.connecting.delete(this);
+    this.abandonAttempt();
+    (this.tried ??= []).push(e);
+    this.attempts--;
+    this.endpoint = null;
+    this.connect();
   }
 
   private connectTo(e: Endpoint | undefined): void {
@@ -136,6 +157,7 @@ export class ProxyConnection implements TrackedConnection {
     }
     this.endpoint = e;
     this.attempts++;
+    e.connecting.add(this);
     this.connectStartedAt = performance.now();
     const keepAlive = cluster.config.keepalive.idle > 0;
     let s: Socket | TLSSocket;
@@ -174,6 +196,7 @@ export class ProxyConnection implements TrackedConnection {
   connected(): void {
     const s = this.upstream!;
     const e = this.endpoint!;
+    e.connecting.delete(this);
     this.state = PIPING;
     this.everConnected = true;
     this.open = 2;
@@ -198,12 +221,18 @@ export class ProxyConnection implements TrackedConnection {
   attemptFailed(outcome: ConnectOutcome): void {
     const e = this.endpoint!;
     const s = this.upstream!;
+    e.connecting.delete(this);
     this.upstream = null;
     (s as Partial<Tagged>)[kConn] = undefined;
     s.removeListener('close', onUpstreamClose);
     s.destroy();
-    // Our own descriptor exhaustion says nothing about the endpoint.
-    if (outcome !== 'local_error') this.port.cluster.reportFailure(e, outcome);
+    if (outcome === 'local_error') {
+      // Our own descriptor exhaustion says nothing about the endpoint, and
+      // another endpoint would fail the same way: give up at once.
+      if (this.state !== CLOSED) this.fail('local_error');
+      return;
+    }
+    this.port.cluster.reportFailure(e, outcome);
     if (this.state === CLOSED) return;
     (this.tried ??= []).push(e);
     if (this.attempts >= this.port.cluster.config.connectAttempts) {
@@ -215,6 +244,7 @@ export class ProxyConnection implements TrackedConnection {
   }
 
   abandonAttempt(): void {
+    this.endpoint?.connecting.delete(this);
     const s = this.upstream!;
     this.upstream = null;
     (s as Partial<Tagged>)[kConn] = undefined;

@@ -257,7 +257,9 @@ export class Cluster {
     e.checkResults.set(r.code, (e.checkResults.get(r.code) ?? 0) + 1);
     if (r.etcd) {
       e.etcd = r.etcd;
-      e.noteRaft(now, r.etcd.raftIndex);
+      e.etcdAt = performance.now();
+      // The applied index: what a member's serializable reads reflect.
+      e.noteRaft(now, r.etcd.raftAppliedIndex || r.etcd.raftIndex);
     }
     if (r.inconclusive) {
       e.lastCheckReason = r.reason;
@@ -334,7 +336,33 @@ export class Cluster {
     this.prober?.probeNow(e);
   }
 
+  /**
+   * Wait until `e` has applied `index` (fresh samples are requested from the
+   * health checker), at most about four check intervals: long enough for an
+   * etcd election and a commit by the new leader. Resolves false on timeout
+   * or when `e` stops being eligible.
+   */
+  awaitRaft(e: Endpoint, index: number): Promise<boolean> {
+    const deadline = this.clock.now() + 4 * this.config.health.interval + this.config.health.timeout;
+    return new Promise((resolve) => {
+      const poll = () => {
+        if (e.lastRaftIndex >= index) return resolve(true);
+        if (!e.eligible || this.clock.now() >= deadline) {
+          this.affinity?.noteBehind();
+          this.log.warn({ cluster: this.name, endpoint: e.id, want: index, have: e.lastRaftIndex }, `${this.name}: ${e.id} did not catch up with the member its client left (${e.lastRaftIndex} < ${index}); routing anyway`);
+          return resolve(false);
+        }
+        this.prober?.probeNow(e);
+        this.clock.setTimeout(poll, 25);
+      };
+      poll();
+    });
+  }
+
   private closeOnDown(e: Endpoint): void {
+    // Connects in progress to it move on at once, whatever onDown says: they
+    // have nothing to lose, and a hung member would hold them for connectTimeout.
+    if (e.connecting.size > 0 && this.eligibleCount > 0) for (const p of [...e.connecting]) p.redirect();
     if (this.config.onDown !== 'close' || e.connections.size === 0) return;
     // Closing only helps if clients have somewhere better to go; with every
     // endpoint down (often ballast's own overload, k3s#10240) it would turn a
@@ -395,6 +423,6 @@ export class Cluster {
   /** Remember an etcd status seen outside a health check (discovery). */
   noteEtcd(e: Endpoint, s: EtcdMemberStatus): void {
     e.etcd = s;
-    e.noteRaft(this.clock.now(), s.raftIndex);
+    e.noteRaft(this.clock.now(), s.raftAppliedIndex || s.raftIndex);
   }
 }

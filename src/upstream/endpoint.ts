@@ -36,6 +36,12 @@ export interface TrackedConnection {
   bytesDown(): number;
 }
 
+/** A connection still connecting to an endpoint (TCP or TLS handshake in progress). */
+export interface PendingConnect {
+  /** The endpoint went down: give up on it (without blaming it) and try another. */
+  redirect(): void;
+}
+
 export interface EtcdMemberStatus {
   memberId: string;
   leaderId: string;
@@ -58,6 +64,8 @@ export class Endpoint {
   active = 0;
   total = 0;
   readonly connections = new Set<TrackedConnection>();
+  /** Connects in progress: moved elsewhere at once if the endpoint goes down. */
+  readonly connecting = new Set<PendingConnect>();
   /** Bytes of closed connections plus the part of open ones already swept. */
   bytesUp = 0;
   bytesDown = 0;
@@ -72,6 +80,8 @@ export class Endpoint {
   checksOk = 0;
   checksFailed = 0;
   etcd: EtcdMemberStatus | undefined;
+  /** performance.now() of the last etcd status (to tell a fresh view from an old one). */
+  etcdAt = 0;
   /** Highest raft index this member was seen at, and when: "fail over forward" compares with it. */
   lastRaftIndex = 0;
   lastRaftAt = 0;
@@ -180,8 +190,14 @@ export class Endpoint {
 }
 
 const RAFT_SAMPLES = 16;
-/** Raft entries a healthy follower may trail the member it is compared with (in-flight replication). */
-export const FORWARD_SLACK = 50;
+/**
+ * Raft entries a member may trail the one it is compared with and still count
+ * as caught up. Zero: a client moves only to a member known to have applied
+ * everything the member it leaves had applied when last seen; when that is not
+ * known yet, the connection waits for it (Cluster.awaitRaft) rather than
+ * risk serving older data (a revision going backwards).
+ */
+export const FORWARD_SLACK = 0;
 
 // Already-counted bytes of open connections, kept beside rather than on the
 // connection so the hot-path object stays small.

@@ -95,7 +95,13 @@ export class Supervisor {
       case 'pick': {
         const c = b.clusters.get(m.cluster);
         const tried = c ? m.tried.map((id) => c.find(id)).filter((x) => x !== undefined) : [];
-        const e = c?.pick({ key: m.key, tried: tried.length > 0 ? tried : null });
+        const ctx = { key: m.key, tried: tried.length > 0 ? tried : null, barrier: 0 };
+        const e = c?.pick(ctx);
+        if (c && e && ctx.barrier > 0) {
+          // Forward-only failover: answer once the member has caught up.
+          void c.awaitRaft(e, ctx.barrier).then(() => this.send(w, { t: 'pick-result', id: m.id, endpoint: e.id }));
+          return;
+        }
         this.send(w, { t: 'pick-result', id: m.id, endpoint: e?.id ?? null });
         return;
       }

@@ -35,10 +35,12 @@ export async function runWorker(): Promise<number> {
           ? (key, tried) =>
               new Promise((resolve) => {
                 const id = ++pickSeq;
+                // The primary may hold the answer while a member catches up
+                // (forward-only failover); past that, it is slow or gone: place locally.
                 const timer = setTimeout(() => {
                   pickWaiters.delete(id);
-                  resolve(c.pick({ key, tried })); // the primary is slow or gone: place locally
-                }, 1000);
+                  resolve(c.pick({ key, tried }));
+                }, 5000);
                 pickWaiters.set(id, (epId) => {
                   clearTimeout(timer);
                   resolve(epId === null ? undefined : c.find(epId));

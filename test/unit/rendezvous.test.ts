@@ -99,7 +99,7 @@ describe('RendezvousBalancer', () => {
     expect(b.moves.get('rebalance')).toBe(moved);
   });
 
-  it('fails over forward: never to a member behind the one left, unless none is caught up (counted)', () => {
+  it('fails over forward: to a member caught up with the one left; else the ranked one, with a barrier to wait for', () => {
     const { b } = balancer();
     const m1 = ep('10.0.0.1:2379', 1000);
     const m2 = ep('10.0.0.2:2379', 900); // behind
@@ -109,12 +109,15 @@ describe('RendezvousBalancer', () => {
     const k = keys.find((x) => b.rank(x)[0] === m1 && b.rank(x)[1] === m2)!;
     expect(b.pick({ key: k, tried: null })).toBe(m1);
     b.update([m2, m3]);
-    expect(b.pick({ key: k, tried: null })).toBe(m3); // skips m2, which has applied less
-    expect(b.behindMoves).toBe(0);
-    // Now m3 fails too and only the lagging member is left.
+    const ctx = { key: k, tried: null, barrier: 0 };
+    expect(b.pick(ctx)).toBe(m3); // skips m2, which has applied less
+    expect(ctx.barrier).toBe(0);
+    // Now m3 fails too and only the lagging member is left: the client goes
+    // there, but the connection must first wait for it to reach m3's index.
     b.update([m2]);
-    expect(b.pick({ key: k, tried: null })).toBe(m2);
-    expect(b.behindMoves).toBe(1);
+    const ctx2 = { key: k, tried: null, barrier: 0 };
+    expect(b.pick(ctx2)).toBe(m2);
+    expect(ctx2.barrier).toBe(1000);
   });
 
   it('sticky: a moved client stays on its new member when the old one recovers, until the ttl', async () => {
@@ -162,11 +165,10 @@ describe('RendezvousBalancer', () => {
     const a = ep('10.0.0.1:2379', 1000, 5000); // last seen at t=5000, index 1000
     const b = ep('10.0.0.2:2379', 980, 4000); // older sample: cannot judge yet
     expect(b.caughtUpWith(a)).toBe('unknown');
-    b.noteRaft(5100, 990); // sampled after a: 10 behind, within replication slack
+    b.noteRaft(5100, 990); // sampled after a and still 10 behind: behind (no slack)
+    expect(b.caughtUpWith(a)).toBe(false);
+    b.noteRaft(5200, 1000); // caught up
     expect(b.caughtUpWith(a)).toBe(true);
-    const c = ep('10.0.0.3:2379', 900, 4000);
-    c.noteRaft(5200, 901); // sampled after a and still 99 behind: really behind
-    expect(c.caughtUpWith(a)).toBe(false);
   });
 
   it('preferLocal ranks the local member first for every client', () => {

@@ -11,6 +11,12 @@ export interface PickContext {
   key: string;
   /** Endpoints this connection already failed to reach; null on the first attempt. */
   tried: readonly Endpoint[] | null;
+  /**
+   * Set by the affinity balancer when the chosen member is not yet known to
+   * have applied this raft index (the member the client leaves had): the
+   * connection waits for it before connecting. 0: no wait.
+   */
+  barrier?: number;
 }
 
 export interface Balancer {

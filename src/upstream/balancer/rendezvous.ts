@@ -91,7 +91,8 @@ export class RendezvousBalancer implements Balancer {
     const reason: MoveReason = current.state === 'draining' ? 'member_removed' : 'member_down';
     const next = this.forward(ctx.key, ctx.tried, current);
     if (next === undefined) return undefined;
-    this.move(placed, next.endpoint, reason, now, next.behind);
+    this.move(placed, next.endpoint, reason, now, false);
+    if (next.waitFor > 0) ctx.barrier = next.waitFor;
     return next.endpoint;
   }
 
@@ -131,16 +132,24 @@ export class RendezvousBalancer implements Balancer {
     return best;
   }
 
-  private forward(key: string, tried: readonly Endpoint[] | null, from: Endpoint): { endpoint: Endpoint; behind: boolean } | undefined {
+  /**
+   * The member a client leaving `from` goes to: the highest-ranked one known
+   * to be caught up with `from`; if none is known to be (right after a leader
+   * dies, followers have not applied its last entries until a new leader
+   * commits), the highest-ranked one, and the connection waits until it has
+   * applied `from`'s last seen index (waitFor). The wait, not a guess, is
+   * what keeps a client from seeing its revisions go backwards.
+   */
+  private forward(key: string, tried: readonly Endpoint[] | null, from: Endpoint): { endpoint: Endpoint; waitFor: number } | undefined {
     const ranked = this.rank(key).filter((e) => e !== from && untried(e, tried));
     if (ranked.length === 0) return undefined;
-    // Known caught up first, in rank order; then members we cannot judge yet
-    // (no sample since `from` was last seen); only then the least behind.
-    for (const e of ranked) if (e.caughtUpWith(from) === true) return { endpoint: e, behind: false };
-    for (const e of ranked) if (e.caughtUpWith(from) === 'unknown') return { endpoint: e, behind: false };
-    let least = ranked[0]!;
-    for (const e of ranked) if (e.lastRaftIndex > least.lastRaftIndex) least = e;
-    return { endpoint: least, behind: true };
+    for (const e of ranked) if (e.caughtUpWith(from) === true) return { endpoint: e, waitFor: 0 };
+    return { endpoint: ranked[0]!, waitFor: from.lastRaftIndex };
+  }
+
+  /** A wait for a member to catch up ran out: the client moved to a member behind the one it left. */
+  noteBehind(): void {
+    this.behindMoves++;
   }
 
   private score(clientHash: number, e: Endpoint): number {

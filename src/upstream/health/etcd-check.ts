@@ -41,7 +41,19 @@ export class EtcdCheck implements HealthCheck {
     }
     const status = toStatus(raw);
     const result = { etcd: status };
-    if (status.leaderId === '0') return { ...failed('no_leader', 'no leader'), ...result };
+    if (status.leaderId === '0') {
+      // A member without a leader while others have one is cut off (the
+      // partition case). When no member knows a leader, the cluster is
+      // electing: marking everyone down would only flap readiness, and
+      // panic mode would route to all of them anyway.
+      const interval = this.health().interval;
+      const now = performance.now();
+      const others = this.cluster.endpoints.filter((o) => o !== e && o.etcd !== undefined && now - o.etcdAt < 3 * interval);
+      if (others.length > 0 && !others.some((o) => o.etcd!.leaderId !== '0')) {
+        return { ok: false, code: 'election', reason: 'no leader: election in progress', inconclusive: true, ...result };
+      }
+      return { ...failed('no_leader', 'no leader'), ...result };
+    }
     const mine = status.alarms.filter((a) => a.memberId === '' || a.memberId === status.memberId).map((a) => a.alarm);
     if (mine.length > 0) return { ...failed('alarm', `alarm ${mine.join(', ')}`), ...result };
     if (status.isLearner) return { ...failed('learner', 'learner (not a voting member yet)'), ...result };

@@ -23,6 +23,7 @@ export function failed(code: string, reason: string): Omit<CheckResult, 'duratio
 export function describeError(err: unknown): { code: string; reason: string } {
   const e = err as NodeJS.ErrnoException & { cause?: NodeJS.ErrnoException };
   const code = e?.code ?? e?.cause?.code ?? '';
+  if (code === 'EMFILE' || code === 'ENFILE') return { code: 'local_error', reason: `ballast is out of file descriptors (${code})` };
   if (code === 'ECONNREFUSED') return { code: 'refused', reason: 'connection refused' };
   if (code === 'ECONNRESET' || code === 'UND_ERR_SOCKET') return { code: 'reset', reason: 'connection reset' };
   if (code === 'EHOSTUNREACH' || code === 'ENETUNREACH') return { code: 'unreachable', reason: `host unreachable (${code})` };

@@ -139,6 +139,13 @@ export class HealthChecker implements Prober {
       }
       result = { ok: false, code: 'timeout', reason: `timeout after ${timeout}ms` };
     }
+    if (result.code === 'local_error' || result.inconclusive) {
+      // Our own trouble (out of descriptors) or a cluster-wide election: it
+      // says nothing about this endpoint, so it neither fails nor passes.
+      this.cluster.reportCheck(e, { ...result, durationMs, inconclusive: true });
+      this.schedule(slot, this.nextDelay(e, undefined));
+      return;
+    }
     this.cluster.reportCheck(e, { ...result, durationMs });
     this.schedule(slot, this.nextDelay(e, result.ok));
   }
