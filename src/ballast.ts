@@ -1,7 +1,8 @@
 import type { Logger } from 'pino';
 import type { BackupStats } from './backup/stats.js';
 import { systemClock, type Clock } from './clock.js';
-import { loadConfigFile, type ClusterConfig, type Config, type ListenerConfig } from './config/load.js';
+import { loadConfigFile, type ClusterConfig, type Config, type ConfigError, type ListenerConfig } from './config/load.js';
+import { calibrate } from './listener/fd-budget.js';
 import { Listener, type ListenerHooks } from './listener/listener.js';
 import type { OriginTls } from './listener/proxy-connection.js';
 import { Metrics } from './admin/metrics.js';
@@ -47,7 +48,7 @@ export class Ballast {
   readonly discovery = new Map<string, EtcdMemberDiscovery>();
   readonly checkers = new Map<string, HealthChecker>();
   readonly metrics: Metrics;
-  readonly reloads = { ok: 0, failed: 0, lastError: undefined as string | undefined, lastAt: 0 };
+  readonly reloads = { ok: 0, failed: 0, failedBy: new Map<string, number>(), lastError: undefined as string | undefined, lastAt: 0 };
   backup: BackupRunner | undefined;
   /** Set by the primary of a multi-process ballast: the workers' data-plane counters. */
   statsFromWorkers: (() => Promise<import('./workers/messages.js').WorkerStats[]>) | undefined;
@@ -76,6 +77,7 @@ export class Ballast {
       runtime.watch();
     }
     for (const cc of c.clusters) this.addCluster(cc);
+    calibrate();
     try {
       if (this.role !== 'control') for (const lc of c.listeners) await this.addListener(lc);
     } catch (err) {
@@ -186,19 +188,26 @@ export class Ballast {
 
   /** Re-read the config file and apply it; on any error the running config stays. */
   async reloadFromFile(trigger: string): Promise<boolean> {
+    if (this.state === 'draining' || this.state === 'stopped') {
+      // A rollout edits the file while the old process drains: not a failure.
+      this.log.info({ trigger, state: this.state }, `config reload ignored while ${this.state}`);
+      return true;
+    }
     // Certificates are re-read on every reload trigger (SIGHUP), whatever the config says.
     for (const p of this.tls.values()) p.reload(trigger);
     let next: Config;
     try {
       next = loadConfigFile(this.config.source);
     } catch (err) {
-      this.reloadFailed(err as Error, trigger);
+      const e = err as ConfigError;
+      this.reloadFailed(e, trigger, e.problems?.some((x) => x.includes('invalid YAML')) ? 'yaml' : e.problems?.some((x) => x.startsWith('cannot read the config file')) ? 'io' : 'schema');
       return false;
     }
     try {
       await this.reload(next);
     } catch (err) {
-      this.reloadFailed(err as Error, trigger);
+      const e = err as Error & { reason?: string; code?: string };
+      this.reloadFailed(e, trigger, e.reason ?? (e.code === 'BALLAST_TLS_MATERIAL' ? 'tls_material' : e.code === 'EADDRINUSE' || e.code === 'EACCES' || e.code === 'EADDRNOTAVAIL' ? 'listen' : 'other'));
       return false;
     }
     this.reloads.ok++;
@@ -208,8 +217,9 @@ export class Ballast {
     return true;
   }
 
-  private reloadFailed(err: Error, trigger: string): void {
+  private reloadFailed(err: Error, trigger: string, reason: string): void {
     this.reloads.failed++;
+    this.reloads.failedBy.set(reason, (this.reloads.failedBy.get(reason) ?? 0) + 1);
     this.reloads.lastError = err.message;
     this.reloads.lastAt = Date.now();
     this.log.error({ trigger, err: err.message }, `config reload refused, the running config stays: ${err.message}`);
@@ -223,6 +233,17 @@ export class Ballast {
   async reload(next: Config): Promise<void> {
     if (this.state !== 'running') throw new Error(`cannot reload while ${this.state}`);
     const prev = this.config;
+    // Settings a running process cannot change: refuse the reload rather than
+    // count it a success while ignoring part of it.
+    const restart: string[] = [];
+    if (JSON.stringify(prev.admin) !== JSON.stringify(next.admin)) restart.push('admin');
+    if (prev.workers !== next.workers) restart.push('workers');
+    if (prev.workerSockets !== next.workerSockets) restart.push('workerSockets');
+    if (restart.length > 0) {
+      const e = new Error(`${restart.join(', ')} changed: that needs a restart (the running process keeps its current ${restart.join(', ')}); revert it in the file, or restart ballast to apply it`) as Error & { reason: string };
+      e.reason = 'restart_required';
+      throw e;
+    }
     // 1. TLS material: new and changed profiles must load.
     const newProfiles = new Map<string, TlsProfileRuntime>();
     const roles = profileRoles(next);
@@ -243,7 +264,9 @@ export class Ballast {
     try {
       for (const lc of next.listeners) {
         const old = prevListeners.get(lc.name);
-        const sameSocket = old !== undefined && old.listen.text === lc.listen.text && old.tls === lc.tls && old.backlog === lc.backlog && old.socketMode === lc.socketMode && !newProfiles.has(lc.tls ?? '');
+        // TLS changes (another profile, new material) apply in place with
+        // setSecureContext; only termination switched on or off needs a new socket.
+        const sameSocket = old !== undefined && old.listen.text === lc.listen.text && (old.tls === undefined) === (lc.tls === undefined) && old.backlog === lc.backlog && old.socketMode === lc.socketMode;
         if (sameSocket) continue;
         if (old !== undefined && old.listen.text === lc.listen.text) {
           // Same address, different socket settings: it must be closed first; done in step 3.
@@ -299,6 +322,7 @@ export class Ballast {
       }
       l.config = lc;
       l.cluster = this.clusters.get(lc.cluster)!;
+      if (lc.tls !== undefined && (prevListeners.get(name)?.tls !== lc.tls || newProfiles.has(lc.tls))) l.replaceTls(this.tls.get(lc.tls)!);
     }
     for (const l of started) {
       l.cluster = this.clusters.get(l.config.cluster)!;
@@ -311,6 +335,7 @@ export class Ballast {
       cl.stop();
       this.clusters.delete(name);
     }
+    if (prev.log.level !== next.log.level) this.log.level = next.log.level;
     this.config = next;
   }
 

@@ -9,8 +9,9 @@ import { VERSION } from '../version.js';
 
 export const METRICS = {
   info: { name: 'ballast_info', help: 'Build information; always 1.', labels: ['version', 'nodejs'] },
-  listenerConnections: { name: 'ballast_listener_connections_total', help: 'Client connections by outcome: proxied, no_endpoint, connect_failed, over_limit, tls_refused, client_closed, draining, accept_error.', labels: ['listener', 'result'] },
-  listenerActive: { name: 'ballast_listener_active_connections', help: 'Client connections open now.', labels: ['listener'] },
+  listenerConnections: { name: 'ballast_listener_connections_total', help: 'Client connections by outcome: proxied, no_endpoint, connect_failed, over_limit (maxConnections), fd_limit (file descriptors), local_error (out of descriptors connecting upstream), tls_refused, client_closed, draining, accept_error.', labels: ['listener', 'result'] },
+  listenerActive: { name: 'ballast_listener_active_connections', help: 'Client connections open now (routed or proxied).', labels: ['listener'] },
+  listenerHandshaking: { name: 'ballast_listener_handshaking_connections', help: 'TLS clients still in their handshake: they hold a socket and a maxConnections slot.', labels: ['listener'] },
   upstreamHealthy: { name: 'ballast_upstream_healthy', help: '1 when the endpoint is up (checked healthy), else 0.', labels: ['cluster', 'endpoint'] },
   upstreamState: { name: 'ballast_upstream_state', help: '1 for the endpoint\'s current state (unknown, up, down, ejected, draining).', labels: ['cluster', 'endpoint', 'state'] },
   upstreamActive: { name: 'ballast_upstream_active_connections', help: 'Proxied connections open to the endpoint now.', labels: ['cluster', 'endpoint'] },
@@ -31,7 +32,7 @@ export const METRICS = {
   tlsHandshakeFailures: { name: 'ballast_tls_handshake_failures_total', help: 'Refused TLS clients by reason (handshake or authorization).', labels: ['listener', 'reason'] },
   tlsExpiry: { name: 'ballast_tls_certificate_expiry_seconds', help: 'Seconds until the earliest certificate of the profile expires.', labels: ['profile'] },
   tlsReloads: { name: 'ballast_tls_reloads_total', help: 'Certificate rotations by result.', labels: ['profile', 'result'] },
-  configReloads: { name: 'ballast_config_reloads_total', help: 'Config reloads by result.', labels: ['result'] },
+  configReloads: { name: 'ballast_config_reloads_total', help: 'Config reloads by result, and for failures the reason: yaml, schema, tls_material, listen, restart_required, io.', labels: ['result', 'reason'] },
   discoverySyncs: { name: 'ballast_discovery_syncs_total', help: 'etcd member list syncs by result.', labels: ['cluster', 'result'] },
   discoveryMembers: { name: 'ballast_discovery_members', help: 'Members in the last etcd member list.', labels: ['cluster'] },
   backupLastSuccess: { name: 'ballast_backup_last_success_timestamp_seconds', help: 'Unix time of the newest verified snapshot.', labels: [] },
@@ -49,7 +50,7 @@ export type MetricKey = keyof typeof METRICS;
  * checks, discovery, certificates, backups) once.
  */
 export const DATA_PLANE_METRICS: ReadonlySet<string> = new Set(
-  (['listenerConnections', 'listenerActive', 'upstreamActive', 'upstreamConnections', 'upstreamConnectDuration', 'upstreamBytes', 'clusterPanicRoutes', 'affinityMoves', 'affinityBehind', 'affinityPlacements', 'tlsHandshakeFailures'] as const).map((k) => METRICS[k].name),
+  (['listenerConnections', 'listenerActive', 'listenerHandshaking', 'upstreamActive', 'upstreamConnections', 'upstreamConnectDuration', 'upstreamBytes', 'clusterPanicRoutes', 'affinityMoves', 'affinityBehind', 'affinityPlacements', 'tlsHandshakeFailures'] as const).map((k) => METRICS[k].name),
 );
 
 /** prom-client's process and Node.js metrics. */
@@ -78,6 +79,9 @@ export class Metrics {
     });
     gauge('listenerActive', (g) => {
       for (const l of b().listeners.values()) g.set({ listener: l.name }, l.active);
+    });
+    gauge('listenerHandshaking', (g) => {
+      for (const l of b().listeners.values()) if (l.config.tls !== undefined) g.set({ listener: l.name }, l.handshaking);
     });
     const eachEndpoint = (fn: (cluster: string, e: import('../upstream/endpoint.js').Endpoint) => void) => {
       for (const c of b().clusters.values()) {
@@ -128,8 +132,9 @@ export class Metrics {
       }),
     );
     counter('configReloads', (c) => {
-      c.inc({ result: 'ok' }, b().reloads.ok);
-      c.inc({ result: 'failed' }, b().reloads.failed);
+      c.inc({ result: 'ok', reason: '' }, b().reloads.ok);
+      for (const [reason, n] of b().reloads.failedBy) c.inc({ result: 'failed', reason }, n);
+      if (b().reloads.failedBy.size === 0) c.inc({ result: 'failed', reason: '' }, 0);
     });
     counter('discoverySyncs', (c) =>
       b().discovery.forEach((d, name) => {

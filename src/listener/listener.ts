@@ -5,6 +5,7 @@ import type { Logger } from 'pino';
 import type { ListenerConfig } from '../config/load.js';
 import { RateLimitedLog } from '../log.js';
 import type { Cluster } from '../upstream/cluster.js';
+import { connectionsAllowedByFds, fds, fdsAvailable } from './fd-budget.js';
 import { PIPE_HIGH_WATER_MARK, ProxyConnection, type ListenerPort, type OriginTls } from './proxy-connection.js';
 
 // A listener accepts clients on one address, optionally terminates and
@@ -32,7 +33,18 @@ export interface ListenerHooks {
 }
 
 /** Result labels of ballast_listener_connections_total. */
-export type ConnectionResult = 'proxied' | 'no_endpoint' | 'connect_failed' | 'over_limit' | 'tls_refused' | 'client_closed' | 'draining' | 'accept_error';
+export type ConnectionResult = 'proxied' | 'no_endpoint' | 'connect_failed' | 'over_limit' | 'fd_limit' | 'local_error' | 'tls_refused' | 'client_closed' | 'draining' | 'accept_error';
+
+const kListener = Symbol('ballast.listener');
+
+/** A TLS listener's raw socket closed: one fewer socket (handshaking or proxied) held. */
+function onRawClose(this: Socket & { [kListener]?: Listener }): void {
+  const l = this[kListener];
+  if (l) {
+    l.sockets--;
+    fds.tlsSockets--;
+  }
+}
 
 export class Listener implements ListenerPort {
   readonly name: string;
@@ -43,13 +55,15 @@ export class Listener implements ListenerPort {
   /** Handshake and authorization refusals by reason. */
   readonly tlsFailures = new Map<string, number>();
   readonly connections = new Set<ProxyConnection>();
+  /** TLS listeners: sockets accepted and not closed, handshakes included. */
+  sockets = 0;
   private readonly rlog: RateLimitedLog;
   private unsubscribeTls: (() => void) | undefined;
 
   constructor(
     public config: ListenerConfig,
     public cluster: Cluster,
-    private readonly tls: TlsTerminator | undefined,
+    private tls: TlsTerminator | undefined,
     private readonly hooks: ListenerHooks,
     private readonly log: Logger,
     /** exclusive: this process only; reuseport: one socket per worker (SO_REUSEPORT); shared: node:cluster shares one socket. */
@@ -68,6 +82,11 @@ export class Listener implements ListenerPort {
     return a.kind === 'unix' ? `unix:${a.path}` : a.text;
   }
 
+  /** TLS clients still in their handshake (they hold a socket and a maxConnections slot). */
+  get handshaking(): number {
+    return this.tls ? Math.max(0, this.sockets - this.active) : 0;
+  }
+
   count(result: ConnectionResult): void {
     this.results.set(result, (this.results.get(result) ?? 0) + 1);
   }
@@ -80,21 +99,42 @@ export class Listener implements ListenerPort {
     // applies to listeners started after the change.
     const idle = this.cluster.config.keepalive.idle;
     const socketOptions = { allowHalfOpen: true, noDelay: true, keepAlive: idle > 0, keepAliveInitialDelay: idle, highWaterMark: PIPE_HIGH_WATER_MARK };
+    // The kernel-facing limit is also what the descriptor limit allows: over
+    // it, clients are refused by the server itself (counted fd_limit) instead
+    // of being silently accepted and closed by libuv when descriptors run out.
+    const allowed = connectionsAllowedByFds();
+    const limit = Math.min(cfg.maxConnections, allowed);
+    if (cfg.maxConnections > allowed) {
+      this.log.warn({ listener: this.name, maxConnections: cfg.maxConnections, fdLimit: fds.limit, allowed }, `${this.name}: maxConnections ${cfg.maxConnections} is more than the descriptor limit (${fds.limit}) allows; using ${allowed}, beyond which clients are refused as fd_limit. Raise the limit (LimitNOFILE, ulimit -n) or lower maxConnections.`);
+    }
     let server: Server;
     if (this.tls) {
-      const t = this.tls;
-      server = createTlsServer({ ...t.serverOptions(), ...socketOptions, pauseOnConnect: false });
+      // allowHalfOpen is off while handshaking, so a client that sends a FIN
+      // mid-handshake is let go at once (not held until handshakeTimeout);
+      // it is turned on for established connections in onSecureConnection.
+      server = createTlsServer({ ...this.tls.serverOptions(), ...socketOptions, allowHalfOpen: false, pauseOnConnect: false });
+      server.on('connection', (raw: Socket & { [kListener]?: Listener }) => {
+        raw[kListener] = this;
+        this.sockets++;
+        fds.tlsSockets++;
+        raw.once('close', onRawClose);
+      });
       server.on('secureConnection', (s: TLSSocket) => this.onSecureConnection(s));
       server.on('tlsClientError', (err: NodeJS.ErrnoException, s: TLSSocket) => this.onTlsError(err, s));
-      this.unsubscribeTls = t.onRotate((opts) => (server as ReturnType<typeof createTlsServer>).setSecureContext(opts));
+      this.subscribeTls(this.tls);
     } else {
       server = createNetServer(socketOptions);
       server.on('connection', (s: Socket) => this.onConnection(s));
     }
-    server.maxConnections = cfg.maxConnections;
+    server.maxConnections = limit;
+    const byFds = limit < cfg.maxConnections;
     server.on('drop', (d?: { remoteAddress?: string }) => {
-      this.count('over_limit');
-      this.rlog.warn(`drop:${this.name}`, { listener: this.name, limit: cfg.maxConnections, remote: d?.remoteAddress }, `${this.name}: over maxConnections (${cfg.maxConnections}); refusing new connections`);
+      this.count(byFds ? 'fd_limit' : 'over_limit');
+      this.rlog.warn(
+        `drop:${this.name}`,
+        { listener: this.name, limit, remote: d?.remoteAddress },
+        byFds ? `${this.name}: at the ${limit} connections the descriptor limit allows; refusing new connections` : `${this.name}: over maxConnections (${limit}); refusing new connections`,
+      );
     });
     server.on('error', (err: NodeJS.ErrnoException) => this.onServerError(err));
     this.server = server;
@@ -150,7 +190,21 @@ export class Listener implements ListenerPort {
     this.begin(s, key, undefined, false);
   }
 
+  /** Follow a TLS profile's rotations (and, on reload, a replaced profile) without a new socket. */
+  private subscribeTls(t: TlsTerminator): void {
+    this.unsubscribeTls?.();
+    this.unsubscribeTls = t.onRotate((opts) => (this.server as ReturnType<typeof createTlsServer>).setSecureContext(opts));
+  }
+
+  /** Reload: a changed TLS profile applies to new handshakes; the socket and open connections stay. */
+  replaceTls(t: TlsTerminator): void {
+    this.tls = t;
+    this.subscribeTls(t);
+    (this.server as ReturnType<typeof createTlsServer>).setSecureContext(t.serverOptions());
+  }
+
   private onSecureConnection(s: TLSSocket): void {
+    s.allowHalfOpen = true;
     if (this.draining) {
       this.count('draining');
       s.destroy();
@@ -166,7 +220,15 @@ export class Listener implements ListenerPort {
   }
 
   private begin(s: Socket, key: string, identity: string | undefined, alpn: string | false): void {
+    if (!fdsAvailable()) {
+      this.count('fd_limit');
+      this.rlog.warn(`fd:${this.name}`, { listener: this.name, fdLimit: fds.limit, active: fds.active }, `${this.name}: near the file descriptor limit (${fds.limit}); refusing new connections until some close`);
+      s.destroy();
+      return;
+    }
     this.active++;
+    fds.active++;
+    if (this.tls) fds.tlsActive++;
     const c = new ProxyConnection(s, this, key, identity, this.hooks.originTls(), alpn);
     if (this.config.accessLog) c.remote = `${s.remoteAddress}:${s.remotePort}`;
     this.connections.add(c);
@@ -193,6 +255,8 @@ export class Listener implements ListenerPort {
 
   connectionClosed(c: ProxyConnection): void {
     this.active--;
+    fds.active--;
+    if (this.tls) fds.tlsActive--;
     this.connections.delete(c);
     // Exactly one result per connection: failures were counted when they happened.
     if (!c.failed) this.count(c.everConnected ? 'proxied' : 'client_closed');
@@ -213,6 +277,11 @@ export class Listener implements ListenerPort {
   }
 
   connectionFailed(c: ProxyConnection, reason: string): void {
+    if (reason === 'local_error') {
+      this.count('local_error');
+      this.rlog.warn(`local:${this.name}`, { listener: this.name, cluster: this.cluster.name }, `${this.name}: out of file descriptors connecting upstream; closed the client (no endpoint is blamed)`);
+      return;
+    }
     this.count(reason === 'no_endpoint' ? 'no_endpoint' : 'connect_failed');
     this.rlog.warn(
       `fail:${this.name}:${reason}`,
