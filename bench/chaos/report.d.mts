@@ -1,0 +1,3 @@
+import type { SoakReport } from './soak.mjs';
+export function renderMarkdown(report: SoakReport): string;
+export function goals(report: SoakReport): { goal: string; ok: boolean; got: string }[];
