@@ -10,10 +10,14 @@
 //
 // usage: node bench/http-backend.mjs --port P [--host 127.0.0.1]
 
+import { readFileSync } from 'node:fs';
 import { createServer } from 'node:net';
+import { createServer as createTlsServer } from 'node:tls';
 import { parseArgs } from 'node:util';
 
-const { values } = parseArgs({ options: { port: { type: 'string' }, host: { type: 'string', default: '127.0.0.1' } } });
+// With --cert/--key/--ca it is an mTLS server (the proxy's origination must
+// present a client certificate from --ca): the backend of the mTLS scenarios.
+const { values } = parseArgs({ options: { port: { type: 'string' }, host: { type: 'string', default: '127.0.0.1' }, cert: { type: 'string' }, key: { type: 'string' }, ca: { type: 'string' } } });
 const BODY = 'ballast-bench:'.padEnd(99, '.') + '\n'; // 100 bytes
 const head = (extra) => `HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: ${BODY.length}\r\n${extra}\r\n`;
 const KEEP = Buffer.from(head('') + BODY, 'latin1');
@@ -42,7 +46,9 @@ function onConnection(sock) {
   });
 }
 
-const server = createServer({ noDelay: true }, onConnection);
+const server = values.cert
+  ? createTlsServer({ noDelay: true, cert: readFileSync(values.cert), key: readFileSync(values.key), ca: readFileSync(values.ca), requestCert: true, rejectUnauthorized: true, ALPNProtocols: ['http/1.1'] }, onConnection)
+  : createServer({ noDelay: true }, onConnection);
 server.listen({ host: values.host, port: Number(values.port), backlog: 4096 }, () => {
   process.stdout.write(`listening ${values.host}:${server.address().port}\n`);
 });

@@ -161,3 +161,35 @@ export async function bulkLoad({ target, sink, streams, warmup, duration, meter 
   const r = { bytes: j.bytes, seconds: j.seconds, mbps: j.bytes / 1e6 / j.seconds, errors: j.errors + j.closed, errorDetail: j.errors + j.closed ? { errors: j.errors, closed: j.closed } : undefined };
   return { r, cpu };
 }
+
+// --- mTLS ----------------------------------------------------------------------
+
+/**
+ * mTLS HTTP load (bench/tls-client.mjs: wrk cannot present a client
+ * certificate). The meter follows the client's MARK lines. Returns { r, cpu }.
+ */
+export async function tlsLoad({ target, pki, connections, warmup, duration, close, resume, meter }) {
+  let cpu;
+  const onLine = (line) => {
+    if (line === 'MARK start') meter?.start();
+    else if (line === 'MARK end') cpu = meter?.stop();
+  };
+  const args = [
+    join(BENCH, 'tls-client.mjs'),
+    '--target', `${target.host}:${target.port}`,
+    '--ca', pki.ca, '--cert', pki.clientCert, '--key', pki.clientKey,
+    '--connections', String(connections), '--warmup', String(warmup), '--duration', String(duration),
+    ...(close ? ['--close'] : []), ...(resume ? ['--resume'] : []),
+  ];
+  const res = await runBounded(process.execPath, args, { name: 'tls-client', onLine, limitMs: (warmup + duration + 20) * 1000 });
+  let j;
+  try {
+    j = JSON.parse(res.stdout.trim().split('\n').pop());
+  } catch {
+    throw fail('tls-client', res);
+  }
+  return {
+    r: { requests: j.requests, seconds: j.seconds, rps: j.requests / j.seconds, p50us: j.latency_us.p50, p99us: j.latency_us.p99, errors: j.errors, errorDetail: j.errors ? { errors: j.errors, resumed: j.resumed } : { resumed: j.resumed } },
+    cpu,
+  };
+}

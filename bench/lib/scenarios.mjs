@@ -14,8 +14,12 @@
 // needs differently configured proxies, give it a `targets(backend, opts)`.
 
 import { join } from 'node:path';
-import { bulkLoad, httpLoad } from './loadgen.mjs';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { bulkLoad, httpLoad, tlsLoad } from './loadgen.mjs';
 import { freePort, spawnTracked, stopChild, waitListening } from './proc.mjs';
+import { mtlsTargets } from './targets.mjs';
 
 const BENCH = new URL('..', import.meta.url).pathname;
 
@@ -46,6 +50,29 @@ function httpMeasure({ connections, close }) {
 /** Bulk scenarios: the client warms up inside its own run (see bulk-client.mjs). */
 function bulkMeasure({ streams }) {
   return (ctx, target, backend, { warmup, duration, meter }) => bulkLoad({ target, sink: backend, streams, warmup, duration, meter });
+}
+
+/** A PKI made by `ballast certs`: the mTLS scenarios' backend, proxies and client. */
+function makePki(root) {
+  const dir = mkdtempSync(join(tmpdir(), 'ballast-bench-pki-'));
+  execFileSync(process.execPath, [join(root, 'dist/cli.js'), 'certs', '--out', dir, '--server', 'backend:127.0.0.1,localhost', '--server', 'proxy:127.0.0.1,localhost', '--client', 'proxy-client', '--client', 'bench-client'], { stdio: 'ignore' });
+  const f = (n) => join(dir, n);
+  // HAProxy wants certificate and key in one PEM.
+  writeFileSync(f('proxy.pem'), readFileSync(f('proxy.crt'), 'utf8') + readFileSync(f('proxy.key'), 'utf8'));
+  writeFileSync(f('proxy-client.pem'), readFileSync(f('proxy-client.crt'), 'utf8') + readFileSync(f('proxy-client.key'), 'utf8'));
+  return { dir, ca: f('ca.crt'), backendCert: f('backend.crt'), backendKey: f('backend.key'), proxyCert: f('proxy.crt'), proxyKey: f('proxy.key'), proxyPem: f('proxy.pem'), proxyClientCert: f('proxy-client.crt'), proxyClientKey: f('proxy-client.key'), proxyClientPem: f('proxy-client.pem'), clientCert: f('bench-client.crt'), clientKey: f('bench-client.key') };
+}
+
+async function startTlsBackend(ctx) {
+  const pki = makePki(ctx.root);
+  const port = await freePort();
+  const child = spawnTracked(process.execPath, [join(BENCH, 'http-backend.mjs'), '--port', String(port), '--cert', pki.backendCert, '--key', pki.backendKey, '--ca', pki.ca], { name: 'tls-backend' });
+  await waitListening('127.0.0.1', port, { child });
+  return { backend: { host: '127.0.0.1', port, pki }, pid: child.pid, stop: () => stopChild(child) };
+}
+
+function tlsMeasure({ connections, close, resume }) {
+  return (ctx, target, backend, { warmup, duration, meter }) => tlsLoad({ target, pki: backend.pki, connections, warmup, duration, close, resume, meter });
 }
 
 const wrkLine = (ctx, c, extra = '') =>
@@ -83,5 +110,23 @@ export const SCENARIOS = [
     load: (ctx) => `${wrkLine(ctx, 16, " -H 'Connection: close'")}; one request per TCP connection`,
     setup: startHttpBackend,
     measure: httpMeasure({ connections: 16, close: true }),
+  },
+  {
+    id: 'mtls-rr',
+    kind: 'http',
+    title: 'mTLS termination + origination, small request/response over 32 kept-alive connections',
+    load: () => 'bench/tls-client.mjs -c 32 with a client certificate; proxies verify it, then connect to an mTLS backend with their own',
+    setup: startTlsBackend,
+    targets: mtlsTargets,
+    measure: tlsMeasure({ connections: 32, close: false, resume: false }),
+  },
+  {
+    id: 'mtls-handshake',
+    kind: 'http',
+    title: 'mTLS handshakes: a new TLS connection per request (client resumes sessions), concurrency 16',
+    load: () => 'bench/tls-client.mjs -c 16 --close --resume; each request a new client TLS connection and a new upstream one',
+    setup: startTlsBackend,
+    targets: mtlsTargets,
+    measure: tlsMeasure({ connections: 16, close: true, resume: true }),
   },
 ];

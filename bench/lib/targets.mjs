@@ -140,3 +140,79 @@ export function makeTargets(backend, { scenario, ...opts }) {
     ballastTarget(backend, { ...opts, tag: `${scenario}-ballast` }),
   ];
 }
+
+// --- mTLS: termination with client-certificate verification, origination with the proxy's own ---
+
+function haproxyMtlsConfig({ port, backend, threads }) {
+  const p = backend.pki;
+  return `# written by bench/lib/targets.mjs (mTLS)
+global
+    nbthread ${threads}
+    maxconn 8000
+    ssl-default-bind-options ssl-min-ver TLSv1.2
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 1h
+    timeout server 1h
+    maxconn 8000
+frontend front
+    bind 127.0.0.1:${port} ssl crt ${p.proxyPem} ca-file ${p.ca} verify required alpn http/1.1
+    default_backend back
+backend back
+    server s1 ${backend.host}:${backend.port} ssl crt ${p.proxyClientPem} ca-file ${p.ca} verify required sni str(localhost) alpn http/1.1
+`;
+}
+
+function ballastMtlsConfig({ port, backend, workers, workerSockets }) {
+  const p = backend.pki;
+  return `# written by bench/lib/targets.mjs (mTLS)
+admin: { enabled: false }
+log: { level: warn }
+drainTimeout: 1s
+workers: ${workers}
+workerSockets: ${workerSockets}
+tls:
+  front: { cert: ${p.proxyCert}, key: ${p.proxyKey}, clientCA: ${p.ca}, alpn: [http/1.1] }
+  back: { cert: ${p.proxyClientCert}, key: ${p.proxyClientKey}, ca: ${p.ca}, servername: localhost, alpn: [http/1.1] }
+listeners:
+  - { name: front, listen: 127.0.0.1:${port}, cluster: back, tls: front }
+clusters:
+  - name: back
+    endpoints: [${backend.host}:${backend.port}]
+    tls: back
+    health: { check: none }
+`;
+}
+
+/** The mTLS scenarios' targets: direct is the client doing mTLS with the backend itself. */
+export function mtlsTargets(backend, { scenario, workdir, root, node, workers = 1, workerSockets = 'auto' }) {
+  const mk = (name, cmd, args, cfgText, ext, describe) => {
+    let child;
+    const t = {
+      name,
+      host: '127.0.0.1',
+      port: 0,
+      pid: undefined,
+      async start() {
+        t.port = await freePort();
+        const cfg = join(workdir, `${scenario}-${name}.${ext}`);
+        writeFileSync(cfg, cfgText(t.port));
+        child = spawnTracked(cmd, args(cfg), { name });
+        t.pid = child.pid;
+        await waitListening(t.host, t.port, { child });
+      },
+      async stop() {
+        await stopChild(child);
+      },
+      describe: () => describe,
+      output: () => (child ? child.outTail + child.errTail : ''),
+    };
+    return t;
+  };
+  return [
+    { ...directTarget(backend), describe: () => 'client → mTLS backend' },
+    mk('haproxy', 'haproxy', (cfg) => ['-f', cfg, '-db'], (port) => haproxyMtlsConfig({ port, backend, threads: workers }), 'cfg', `client → haproxy (ssl verify required; server ssl crt, nbthread ${workers}) → mTLS backend`),
+    mk('ballast', node, (cfg) => [join(root, 'dist/cli.js'), 'run', '--config', cfg, '--log-level', 'warn'], (port) => ballastMtlsConfig({ port, backend, workers, workerSockets }), 'yaml', `client → ballast (tls terminate + originate) → mTLS backend`),
+  ];
+}

@@ -105,7 +105,9 @@ export class Listener implements ListenerPort {
     const allowed = connectionsAllowedByFds();
     const limit = Math.min(cfg.maxConnections, allowed);
     if (cfg.maxConnections > allowed) {
-      this.log.warn({ listener: this.name, maxConnections: cfg.maxConnections, fdLimit: fds.limit, allowed }, `${this.name}: maxConnections ${cfg.maxConnections} is more than the descriptor limit (${fds.limit}) allows; using ${allowed}, beyond which clients are refused as fd_limit. Raise the limit (LimitNOFILE, ulimit -n) or lower maxConnections.`);
+      // A clamp of a few percent (the default 10000 under a 20000 limit) is
+      // routine; warn when the limit really takes a bite.
+      this.log[allowed < cfg.maxConnections * 0.9 ? 'warn' : 'info']({ listener: this.name, maxConnections: cfg.maxConnections, fdLimit: fds.limit, allowed }, `${this.name}: maxConnections ${cfg.maxConnections} is more than the descriptor limit (${fds.limit}) allows; using ${allowed}, beyond which clients are refused as fd_limit. Raise the limit (LimitNOFILE, ulimit -n) or lower maxConnections.`);
     }
     let server: Server;
     if (this.tls) {
@@ -243,6 +245,12 @@ export class Listener implements ListenerPort {
   private refuseTls(reason: string, s: TLSSocket, identity: string | undefined, detail?: string): void {
     this.count('tls_refused');
     this.tlsFailures.set(reason, (this.tlsFailures.get(reason) ?? 0) + 1);
+    // A client that hangs up mid-handshake (a TCP probe, a load generator
+    // stopping) is counted, not logged: it is routine, not an attack.
+    if (reason === 'client_reset') {
+      s.destroy();
+      return;
+    }
     this.rlog.warn(
       `tls:${this.name}:${reason}`,
       { listener: this.name, reason, identity, remote: s.remoteAddress, detail },

@@ -216,7 +216,14 @@ export function handshakeReason(err: NodeJS.ErrnoException): string {
   if (code === 'ERR_TLS_HANDSHAKE_TIMEOUT') return 'handshake_timeout';
   if (code === 'ECONNRESET' || code === 'EPIPE' || msg.includes('socket disconnected')) return 'client_reset';
   if (msg.includes('unsupported protocol') || msg.includes('protocol version') || code.includes('UNSUPPORTED_PROTOCOL')) return 'protocol_version';
-  if (msg.includes('wrong version number') || msg.includes('http request') || msg.includes('unknown protocol') || msg.includes('packet length too long') || msg.includes('record layer failure')) return 'not_tls';
+  // OpenSSL's words differ between versions (Node 20: "packet length too
+  // long"; Node 24: "data length too long"): match codes and messages.
+  if (
+    ['ERR_SSL_WRONG_VERSION_NUMBER', 'ERR_SSL_HTTP_REQUEST', 'ERR_SSL_PACKET_LENGTH_TOO_LONG', 'ERR_SSL_DATA_LENGTH_TOO_LONG', 'ERR_SSL_UNKNOWN_PROTOCOL', 'ERR_SSL_RECORD_LAYER_FAILURE'].includes(code) ||
+    /wrong version number|http request|unknown protocol|packet length too long|data length too long|record layer failure/.test(msg)
+  ) {
+    return 'not_tls';
+  }
   if (msg.includes('no shared cipher')) return 'no_shared_cipher';
   if (msg.includes('application protocol')) return 'alpn_mismatch';
   if (msg.includes('certificate') || msg.includes('peer did not return')) return 'bad_certificate';

