@@ -338,12 +338,13 @@ export class Cluster {
 
   /**
    * Wait until `e` has applied `index` (fresh samples are requested from the
-   * health checker), at most about four check intervals: long enough for an
-   * etcd election and a commit by the new leader. Resolves false on timeout
-   * or when `e` stops being eligible.
+   * health checker), at most ten check intervals (5 s by default): long
+   * enough for an etcd election and a commit by the new leader, which is
+   * what lets followers apply the old leader's last entries. Resolves false
+   * on timeout or when `e` stops being eligible.
    */
   awaitRaft(e: Endpoint, index: number): Promise<boolean> {
-    const deadline = this.clock.now() + 4 * this.config.health.interval + this.config.health.timeout;
+    const deadline = this.clock.now() + 10 * this.config.health.interval + this.config.health.timeout;
     return new Promise((resolve) => {
       const poll = () => {
         if (e.lastRaftIndex >= index) return resolve(true);

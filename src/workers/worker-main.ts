@@ -40,7 +40,7 @@ export async function runWorker(): Promise<number> {
                 const timer = setTimeout(() => {
                   pickWaiters.delete(id);
                   resolve(c.pick({ key, tried }));
-                }, 5000);
+                }, 8000);
                 pickWaiters.set(id, (epId) => {
                   clearTimeout(timer);
                   resolve(epId === null ? undefined : c.find(epId));

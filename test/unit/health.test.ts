@@ -115,6 +115,19 @@ describe('HealthChecker with an injected clock', () => {
     expect(cluster.eligibleCount).toBe(2);
   });
 
+  it('does not forgive a late timeout when the other endpoints keep answering: that one hangs', async () => {
+    const { clock, check, ep } = setup('check: tcp, interval: 1s, timeout: 200ms, rise: 2, fall: 1, jitter: 0');
+    await clock.advance(200);
+    check.answer.set('10.0.0.1:1', 'hang');
+    await clock.advance(900); // its next check starts and hangs
+    // A short stall (400ms) makes its timeout late, but the others were
+    // checked ok moments ago: the loop served them, the endpoint is at fault.
+    clock.stall(400);
+    await clock.advance(0);
+    expect(ep(0).state).toBe('down');
+    expect(ep(0).reason).toBe('timeout after 200ms');
+  });
+
   it('spreads checks with jitter so many ballasts do not probe in step', async () => {
     const clock = new ManualClock();
     const { log } = memoryLogger();

@@ -71,6 +71,11 @@ export class RendezvousBalancer implements Balancer {
     if (best === undefined) return undefined;
     if (placed === undefined) {
       this.placements.set(ctx.key, { endpoint: best, stickyUntil: 0, lastSeen: now, generation: this.generation });
+      // A client we have no memory of (first connection, or ballast
+      // restarted) may have read from any member before: it starts on a
+      // member that has applied everything known to be applied anywhere.
+      const floor = this.highestApplied();
+      if (floor > best.lastRaftIndex) ctx.barrier = floor;
       return best;
     }
     placed.lastSeen = now;
@@ -143,8 +148,19 @@ export class RendezvousBalancer implements Balancer {
   private forward(key: string, tried: readonly Endpoint[] | null, from: Endpoint): { endpoint: Endpoint; waitFor: number } | undefined {
     const ranked = this.rank(key).filter((e) => e !== from && untried(e, tried));
     if (ranked.length === 0) return undefined;
-    for (const e of ranked) if (e.caughtUpWith(from) === true) return { endpoint: e, waitFor: 0 };
-    return { endpoint: ranked[0]!, waitFor: from.lastRaftIndex };
+    // The floor is the most advanced applied index known anywhere, not only
+    // the left member's: its last sample can be older than what the client
+    // read from it, and every entry applied anywhere is committed, so every
+    // member reaches it once a leader commits.
+    const floor = Math.max(from.lastRaftIndex, this.highestApplied());
+    for (const e of ranked) if (e.caughtUpWith(from) === true && e.lastRaftIndex >= floor) return { endpoint: e, waitFor: 0 };
+    return { endpoint: ranked[0]!, waitFor: floor };
+  }
+
+  private highestApplied(): number {
+    let h = 0;
+    for (const e of this.eligible) if (e.lastRaftIndex > h) h = e.lastRaftIndex;
+    return h;
   }
 
   /** A wait for a member to catch up ran out: the client moved to a member behind the one it left. */

@@ -130,9 +130,15 @@ export class HealthChecker implements Prober {
     slot.inFlight = undefined;
     const durationMs = Math.round(this.clock.now() - started);
     if (timedOut) {
-      // Forgive a timeout we caused: the timer itself fired much later than
-      // asked, so the event loop (not the endpoint) was slow.
-      if (lateBy > Math.max(50, timeout / 2)) {
+      // Forgive a timeout we may have caused: the timer itself fired much
+      // later than asked, so ballast's event loop was slow too. Only when the
+      // other endpoints are not answering either, though: if they pass their
+      // checks meanwhile, the loop was fast enough for them and this endpoint
+      // is the one that hangs.
+      const now = this.clock.now();
+      const others = this.cluster.endpoints.filter((o) => o !== e);
+      const othersAnswer = others.some((o) => o.lastCheckOk === true && now - o.lastCheckAt < 2 * this.interval + timeout);
+      if (lateBy > Math.max(50, timeout / 2) && !othersAnswer) {
         this.cluster.reportCheck(e, { ok: false, code: 'inconclusive', reason: `check delayed ${Math.round(lateBy)}ms by ballast's own load`, durationMs, inconclusive: true });
         this.schedule(slot, this.nextDelay(e, undefined));
         return;
