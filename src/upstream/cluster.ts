@@ -353,8 +353,9 @@ export class Cluster {
           this.log.warn({ cluster: this.name, endpoint: e.id, want: index, have: e.lastRaftIndex }, `${this.name}: ${e.id} did not catch up with the member its client left (${e.lastRaftIndex} < ${index}); routing anyway`);
           return resolve(false);
         }
+        // Fresh samples arrive in a few ms on a LAN: look often, briefly.
         this.prober?.probeNow(e);
-        this.clock.setTimeout(poll, 25);
+        this.clock.setTimeout(poll, 5);
       };
       poll();
     });

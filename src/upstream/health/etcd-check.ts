@@ -46,10 +46,21 @@ export class EtcdCheck implements HealthCheck {
       // partition case). When no member knows a leader, the cluster is
       // electing: marking everyone down would only flap readiness, and
       // panic mode would route to all of them anyway.
+      //
+      // A leader claim only counts from a member whose own last check passed,
+      // and only for a leader that is itself healthy: right after a leader
+      // dies, the survivors' last samples still name it (and its own last
+      // sample names itself) until their election timers fire.
       const interval = this.health().interval;
       const now = performance.now();
-      const others = this.cluster.endpoints.filter((o) => o !== e && o.etcd !== undefined && now - o.etcdAt < 3 * interval);
-      if (others.length > 0 && !others.some((o) => o.etcd!.leaderId !== '0')) {
+      const claimsLiveLeader = (o: Endpoint) => {
+        if (o === e || o.etcd === undefined || now - o.etcdAt > 3 * interval || o.lastCheckOk !== true || !o.eligible) return false;
+        const leaderId = o.etcd.leaderId;
+        if (leaderId === '0') return false;
+        const leader = this.cluster.endpoints.find((x) => x.etcd?.memberId === leaderId);
+        return leader !== undefined && leader !== e && leader.eligible && leader.lastCheckOk === true;
+      };
+      if (!this.cluster.endpoints.some(claimsLiveLeader)) {
         return { ok: false, code: 'election', reason: 'no leader: election in progress', inconclusive: true, ...result };
       }
       return { ...failed('no_leader', 'no leader'), ...result };
