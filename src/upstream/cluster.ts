@@ -44,6 +44,8 @@ export interface EndpointSnapshot {
 /** The active health checker as the cluster sees it. */
 export interface Prober {
   probeNow(e: Endpoint): void;
+  /** Resolves once `e` has applied all the cluster had committed at the call (etcd check only). */
+  readonly readBarrier?: ((e: Endpoint, timeoutMs: number) => Promise<void>) | undefined;
   endpointsChanged(): void;
   stop(): void;
 }
@@ -337,22 +339,53 @@ export class Cluster {
   }
 
   /**
-   * Wait until `e` has applied `index` (fresh samples are requested from the
-   * health checker), at most ten check intervals (5 s by default): long
-   * enough for an etcd election and a commit by the new leader, which is
-   * what lets followers apply the old leader's last entries. Resolves false
-   * on timeout or when `e` stops being eligible.
+   * Wait until `e` has caught up before an affinity client is connected to it
+   * (it left another member, or ballast has no memory of it), at most ten
+   * check intervals (4 s by default): long enough for an etcd election and a
+   * commit by the new leader, which is what lets followers apply the old
+   * leader's last entries. Resolves false on timeout or when `e` stops being
+   * eligible (the client is then routed anyway, and counted).
+   *
+   * With the etcd check, "caught up" is proven, not estimated: a linearizable
+   * read served by `e` (the check's read barrier) completes only once `e` has
+   * applied everything committed when it was sent, which includes every
+   * revision the client can have read anywhere. Raft indexes from health
+   * samples cannot prove that: the member the client left may have applied
+   * (and served) entries after its last sample. `index` (the most advanced
+   * applied index sampled) is then only a hint; without a barrier the wait
+   * is for a fresh sample at or past it.
    */
   awaitRaft(e: Endpoint, index: number): Promise<boolean> {
     const deadline = this.clock.now() + 10 * this.config.health.interval + this.config.health.timeout;
+    const giveUp = (): false => {
+      this.affinity?.noteBehind();
+      this.log.warn({ cluster: this.name, endpoint: e.id, want: index, have: e.lastRaftIndex }, `${this.name}: ${e.id} did not catch up with the member its client left (${e.lastRaftIndex} < ${index}); routing anyway`);
+      return false;
+    };
+    const barrier = this.prober?.readBarrier;
+    if (barrier !== undefined) {
+      const attempt = async (): Promise<boolean> => {
+        for (;;) {
+          if (!e.eligible) return giveUp();
+          const left = deadline - this.clock.now();
+          if (left <= 0) return giveUp();
+          try {
+            // One attempt is bounded so a read stuck behind an election is
+            // re-sent soon after the new leader exists.
+            await barrier(e, Math.min(left, Math.max(500, 2 * this.config.health.timeout)));
+            return true;
+          } catch {
+            // No leader yet (or the member is restarting): look again shortly.
+            await new Promise<void>((r) => this.clock.setTimeout(r, 20));
+          }
+        }
+      };
+      return attempt();
+    }
     return new Promise((resolve) => {
       const poll = () => {
         if (e.lastRaftIndex >= index) return resolve(true);
-        if (!e.eligible || this.clock.now() >= deadline) {
-          this.affinity?.noteBehind();
-          this.log.warn({ cluster: this.name, endpoint: e.id, want: index, have: e.lastRaftIndex }, `${this.name}: ${e.id} did not catch up with the member its client left (${e.lastRaftIndex} < ${index}); routing anyway`);
-          return resolve(false);
-        }
+        if (!e.eligible || this.clock.now() >= deadline) return resolve(giveUp());
         // Fresh samples arrive in a few ms on a LAN: look often, briefly.
         this.prober?.probeNow(e);
         this.clock.setTimeout(poll, 5);

@@ -36,6 +36,16 @@ class ScriptedCheck implements HealthCheck {
   close(): void {}
 }
 
+/** A ScriptedCheck with a read barrier the test opens per endpoint (as a linearizable read would, once served). */
+class BarrierCheck extends ScriptedCheck {
+  open = new Set<string>();
+  barrierCalls: string[] = [];
+  readBarrier(e: Endpoint, timeoutMs: number): Promise<void> {
+    this.barrierCalls.push(`${e.id} ${timeoutMs}`);
+    return this.open.has(e.id) ? Promise.resolve() : Promise.reject(new Error('etcdserver: leader changed'));
+  }
+}
+
 function setup(health?: string, extra?: string) {
   const clock = new ManualClock();
   const { log, lines } = memoryLogger('debug');
@@ -278,5 +288,58 @@ describe('Cluster: passive detection, ejection and panic', () => {
     expect(cluster.transition(e, 'ejected', 'y')).toBe(false);
     expect(e.state).toBe('down');
     expect(lines.some((l) => l.msg === 'refused an impossible endpoint state change')).toBe(true);
+  });
+
+  describe('awaitRaft: the wait before an affinity client lands on a member', () => {
+    function withBarrier() {
+      const clock = new ManualClock();
+      const { log, lines } = memoryLogger('debug');
+      const cluster = new Cluster(clusterConfig('check: tcp, interval: 400ms, timeout: 250ms, rise: 1, fall: 1, jitter: 0'), clock, log, () => 0.5);
+      const check = new BarrierCheck();
+      cluster.prober = new HealthChecker(cluster, check, clock, log, () => 0.5);
+      return { clock, cluster, check, lines, e: cluster.endpoints[1]! };
+    }
+
+    it('with a read barrier, samples do not decide: it waits until the barrier passes, retrying while it fails', async () => {
+      const { clock, cluster, check, e } = withBarrier();
+      // The sample says e is far ahead of the hint: without a barrier this would resolve at once.
+      e.lastRaftIndex = 5000;
+      let done: boolean | undefined;
+      void cluster.awaitRaft(e, 1000).then((r) => (done = r));
+      await clock.advance(300);
+      expect(done).toBeUndefined();
+      expect(check.barrierCalls.length).toBeGreaterThan(3); // retried, each attempt bounded
+      expect(check.barrierCalls[0]).toBe(`${e.id} 500`);
+      check.open.add(e.id);
+      await clock.advance(40);
+      expect(done).toBe(true);
+    });
+
+    it('gives up after ten intervals plus a timeout, counts the client as moved behind, and logs it', async () => {
+      const { clock, cluster, e, lines } = withBarrier();
+      let done: boolean | undefined;
+      void cluster.awaitRaft(e, 1000).then((r) => (done = r));
+      await clock.advance(4000);
+      expect(done).toBeUndefined();
+      await clock.advance(300);
+      expect(done).toBe(false);
+      expect(lines.some((l) => /did not catch up/.test(String(l.msg)))).toBe(true);
+    });
+
+    it('without a read barrier (not an etcd check), waits for a sample at or past the hint', async () => {
+      const clock = new ManualClock();
+      const { log } = memoryLogger('debug');
+      const cluster = new Cluster(clusterConfig('check: tcp, interval: 400ms, timeout: 250ms, rise: 1, fall: 1, jitter: 0'), clock, log, () => 0.5);
+      cluster.prober = new HealthChecker(cluster, new ScriptedCheck(), clock, log, () => 0.5);
+      const e = cluster.endpoints[1]!;
+      e.lastRaftIndex = 900;
+      let done: boolean | undefined;
+      void cluster.awaitRaft(e, 1000).then((r) => (done = r));
+      await clock.advance(100);
+      expect(done).toBeUndefined();
+      e.lastRaftIndex = 1000;
+      await clock.advance(10);
+      expect(done).toBe(true);
+    });
   });
 });

@@ -89,6 +89,10 @@ export class RendezvousBalancer implements Balancer {
       if (this.opts.stickiness === 'sticky' && placed.stickyUntil > now) return current;
       if (best.caughtUpWith(current) !== true) return current;
       this.move(placed, best, 'rebalance', now, false);
+      // The client may have read from `current` after its last sample: the
+      // connection waits at the barrier like any other move.
+      const floor = this.highestApplied();
+      if (floor > 0) ctx.barrier = floor;
       return best;
     }
     // Its member is gone (down, ejected, removed, or just failed to connect):
@@ -138,23 +142,26 @@ export class RendezvousBalancer implements Balancer {
   }
 
   /**
-   * The member a client leaving `from` goes to: the highest-ranked one known
-   * to be caught up with `from`; if none is known to be (right after a leader
-   * dies, followers have not applied its last entries until a new leader
-   * commits), the highest-ranked one, and the connection waits until it has
-   * applied `from`'s last seen index (waitFor). The wait, not a guess, is
-   * what keeps a client from seeing its revisions go backwards.
+   * The member a client leaving `from` goes to: the highest-ranked one whose
+   * last sample shows it caught up with `from` and with the most advanced
+   * member (its barrier will pass soonest), else the highest-ranked one. The
+   * connection then waits at a barrier (Cluster.awaitRaft) until that member
+   * has applied everything committed, which includes whatever the client
+   * read from `from` after `from`'s last sample: samples alone cannot prove
+   * that (right after a leader dies or is removed, its followers have not
+   * applied its last entries until a new leader commits). The wait, not a
+   * guess, keeps a client's revisions from going backwards. Without raft
+   * samples (not an etcd check) there is nothing to wait for.
    */
   private forward(key: string, tried: readonly Endpoint[] | null, from: Endpoint): { endpoint: Endpoint; waitFor: number } | undefined {
     const ranked = this.rank(key).filter((e) => e !== from && untried(e, tried));
     if (ranked.length === 0) return undefined;
-    // The floor is the most advanced applied index known anywhere, not only
-    // the left member's: its last sample can be older than what the client
-    // read from it, and every entry applied anywhere is committed, so every
-    // member reaches it once a leader commits.
+    // The most advanced applied index known anywhere, not only the left
+    // member's: every entry applied anywhere is committed, so every member
+    // reaches it once a leader commits.
     const floor = Math.max(from.lastRaftIndex, this.highestApplied());
-    for (const e of ranked) if (e.caughtUpWith(from) === true && e.lastRaftIndex >= floor) return { endpoint: e, waitFor: 0 };
-    return { endpoint: ranked[0]!, waitFor: floor };
+    const caughtUp = ranked.find((e) => e.caughtUpWith(from) === true && e.lastRaftIndex >= floor);
+    return { endpoint: caughtUp ?? ranked[0]!, waitFor: floor };
   }
 
   private highestApplied(): number {

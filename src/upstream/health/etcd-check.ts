@@ -8,6 +8,8 @@ import { createEtcdClient, hexId } from '../etcd-client.js';
 
 export { hexId } from '../etcd-client.js';
 
+const BARRIER_KEY = Buffer.from('\u0000ballast/read-barrier');
+
 // etcd's own view of a member, through its maintenance API over the cluster's
 // TLS. A member is up only if it answers, knows a leader, carries no alarm of
 // its own, is a voting member, and has not fallen more than maxRaftLag entries
@@ -77,6 +79,19 @@ export class EtcdCheck implements HealthCheck {
     const lag = highest - status.raftIndex;
     if (h.maxRaftLag > 0 && lag > h.maxRaftLag) return { ...failed('raft_lag', `raft lag ${lag} > ${h.maxRaftLag}`), ...result };
     return { ok: true, code: 'ok', reason: status.memberId === status.leaderId ? `leader, raft index ${status.raftIndex}` : `follower, raft index ${status.raftIndex}`, ...result };
+  }
+
+  /**
+   * A linearizable read served by `e`: etcd answers it only after `e` has
+   * applied the leader's commit index as of the request (ReadIndex), so every
+   * revision any client read from any member before this call is then visible
+   * on `e`. During an election it cannot complete; the caller retries until
+   * its own deadline. The key is never written: the read costs one round trip
+   * to the leader and no data.
+   */
+  async readBarrier(e: Endpoint, timeoutMs: number): Promise<void> {
+    const client = await this.clientFor(e);
+    await client.kv.range({ key: BARRIER_KEY, limit: 1, count_only: true, serializable: false }, { deadline: new Date(Date.now() + timeoutMs) });
   }
 
   private async clientFor(e: Endpoint): Promise<Etcd3> {

@@ -6,6 +6,12 @@ export interface HealthCheck {
   readonly kind: string;
   /** Judge one endpoint within `timeoutMs`. Must settle promptly once `signal` aborts. */
   run(e: Endpoint, signal: AbortSignal, timeoutMs: number): Promise<Omit<CheckResult, 'durationMs'>>;
+  /**
+   * Optional: resolve once `e` has applied everything the cluster had
+   * committed when the call was made (etcd: a linearizable read served by
+   * `e`); reject on failure or after `timeoutMs`. Affinity moves wait on it.
+   */
+  readBarrier?(e: Endpoint, timeoutMs: number): Promise<void>;
   /** The endpoint left the cluster: release anything held for it. */
   forget(e: Endpoint): void;
   close(): void;

@@ -58,6 +58,12 @@ export class HealthChecker implements Prober {
     }
   }
 
+  /** The check's read barrier, when it has one (etcd). */
+  get readBarrier(): ((e: Endpoint, timeoutMs: number) => Promise<void>) | undefined {
+    const check = this.check;
+    return check.readBarrier ? (e, timeoutMs) => check.readBarrier!(e, timeoutMs) : undefined;
+  }
+
   probeNow(e: Endpoint): void {
     const slot = this.slots.get(e);
     if (!slot || slot.inFlight || this.stopped) return;
