@@ -193,3 +193,32 @@ export async function tlsLoad({ target, pki, connections, warmup, duration, clos
     cpu,
   };
 }
+
+// --- etcd ----------------------------------------------------------------------
+
+/**
+ * etcd3 clients doing put + serializable range (bench/etcd-client.mjs). The
+ * direct target carries every member's URL (client i → member i % 3); a proxy
+ * target is one URL for all. Returns { r, cpu } with r shaped like HTTP load
+ * (requests = operations).
+ */
+export async function etcdLoad({ target, clients, warmup, duration, meter }) {
+  let cpu;
+  const onLine = (line) => {
+    if (line === 'MARK start') meter?.start();
+    else if (line === 'MARK end') cpu = meter?.stop();
+  };
+  const hosts = target.hosts ?? [`http://${target.host}:${target.port}`];
+  const args = [join(BENCH, 'etcd-client.mjs'), '--hosts', hosts.join(','), '--clients', String(clients), '--warmup', String(warmup), '--duration', String(duration)];
+  const res = await runBounded(process.execPath, args, { name: 'etcd-client', onLine, limitMs: (warmup + duration + 20) * 1000 });
+  let j;
+  try {
+    j = JSON.parse(res.stdout.trim().split('\n').pop());
+  } catch {
+    throw fail('etcd-client', res);
+  }
+  return {
+    r: { requests: j.requests, seconds: j.seconds, rps: j.requests / j.seconds, p50us: j.latency_us.p50, p99us: j.latency_us.p99, errors: j.errors, errorDetail: { errors: j.errors, puts: j.puts, ranges: j.ranges, misses: j.misses } },
+    cpu,
+  };
+}

@@ -192,6 +192,14 @@ export function machineBusySeconds() {
  * `machine` is busy CPU-seconds of the whole machine (load generator, proxy,
  * backend and whatever else runs there).
  */
+/** cpuTimes of one PID, or the sum over several (a backend of three etcd members). */
+function cpuTimesOf(pid) {
+  if (!Array.isArray(pid)) return cpuTimes(pid);
+  const all = pid.map((p) => cpuTimes(p));
+  if (all.some((t) => t === undefined)) return undefined;
+  return all.reduce((a, t) => ({ user: a.user + t.user, sys: a.sys + t.sys }), { user: 0, sys: 0 });
+}
+
 export function cpuMeter(pids) {
   let before = null;
   let machineBefore;
@@ -200,7 +208,7 @@ export function cpuMeter(pids) {
     start() {
       startedAt = performance.now();
       machineBefore = machineBusySeconds();
-      before = Object.fromEntries(Object.entries(pids).map(([k, pid]) => [k, cpuTimes(pid)]));
+      before = Object.fromEntries(Object.entries(pids).map(([k, pid]) => [k, cpuTimesOf(pid)]));
     },
     stop() {
       const wall = (performance.now() - startedAt) / 1000;
@@ -208,7 +216,7 @@ export function cpuMeter(pids) {
       const out = { wallSec: wall, machine: m === undefined || machineBefore === undefined ? undefined : m - machineBefore };
       for (const [k, pid] of Object.entries(pids)) {
         const a = before?.[k];
-        const b = cpuTimes(pid);
+        const b = cpuTimesOf(pid);
         const ok = a !== undefined && b !== undefined;
         out[k] = ok ? b.user + b.sys - a.user - a.sys : undefined;
         out[`${k}User`] = ok ? b.user - a.user : undefined;

@@ -19,7 +19,7 @@ export function runMetrics(kind, { r, cpu }) {
     backendCores: cpu?.backend === undefined ? undefined : cpu.backend / cpu.wallSec,
     machineCores: cpu?.machine === undefined ? undefined : cpu.machine / cpu.wallSec,
   };
-  if (kind === 'http') {
+  if (kind === 'http' || kind === 'etcd') {
     Object.assign(m, {
       rps: r.rps,
       p50us: r.p50us,
@@ -39,7 +39,7 @@ export function runMetrics(kind, { r, cpu }) {
 
 /** Metrics that only make sense relative to the direct run of the same round. */
 export function addRelative(kind, roundRuns) {
-  if (kind !== 'http') return;
+  if (kind !== 'http' && kind !== 'etcd') return;
   const d = roundRuns.direct?.m;
   for (const t of PROXIES) {
     const m = roundRuns[t]?.m;
@@ -62,6 +62,19 @@ const ROWS = {
     { key: 'proxyCores', label: 'proxy CPU (cores busy)', proxyOnly: true, digits: 2 },
     { key: 'proxySysShare', label: 'proxy CPU in kernel (share)', proxyOnly: true, digits: 2 },
     { key: 'backendCores', label: 'backend CPU (cores busy)', digits: 2 },
+    { key: 'machineCores', label: 'whole machine (cores busy)', digits: 2 },
+    { key: 'errors', label: 'errors (all rounds)', sum: true },
+  ],
+  etcd: [
+    { key: 'rps', label: 'etcd ops/s (put + range)' },
+    { key: 'p50us', label: 'p50 op latency (µs)' },
+    { key: 'p99us', label: 'p99 op latency (µs)' },
+    { key: 'addP50us', label: 'added p50 vs direct (µs)', proxyOnly: true, signed: true },
+    { key: 'addP99us', label: 'added p99 vs direct (µs)', proxyOnly: true, signed: true },
+    { key: 'reqPerCpuSec', label: 'ops per proxy CPU-s', proxyOnly: true },
+    { key: 'proxyCores', label: 'proxy CPU (cores busy)', proxyOnly: true, digits: 2 },
+    { key: 'proxySysShare', label: 'proxy CPU in kernel (share)', proxyOnly: true, digits: 2 },
+    { key: 'backendCores', label: 'etcd CPU, 3 members (cores busy)', digits: 2 },
     { key: 'machineCores', label: 'whole machine (cores busy)', digits: 2 },
     { key: 'errors', label: 'errors (all rounds)', sum: true },
   ],

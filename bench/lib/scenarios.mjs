@@ -17,7 +17,8 @@ import { join } from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { bulkLoad, httpLoad, tlsLoad } from './loadgen.mjs';
+import { bulkLoad, etcdLoad, httpLoad, tlsLoad } from './loadgen.mjs';
+import { etcdTargets, etcdVersion, startEtcdBackend } from './etcd.mjs';
 import { freePort, spawnTracked, stopChild, waitListening } from './proc.mjs';
 import { mtlsTargets } from './targets.mjs';
 
@@ -128,5 +129,14 @@ export const SCENARIOS = [
     setup: startTlsBackend,
     targets: mtlsTargets,
     measure: tlsMeasure({ connections: 16, close: true, resume: true }),
+  },
+  {
+    id: 'etcd',
+    kind: 'etcd',
+    title: 'etcd through the proxy: 16 etcd3 clients, small puts and serializable ranges, real 3-member cluster',
+    load: () => `bench/etcd-client.mjs --clients 16: each client its own gRPC connection, put 128 B then serializable get, in a loop; ${etcdVersion()}, plain-text client URLs, data on /dev/shm`,
+    setup: startEtcdBackend,
+    targets: etcdTargets,
+    measure: (ctx, target, _backend, { warmup, duration, meter }) => etcdLoad({ target, clients: 16, warmup, duration, meter }),
   },
 ];

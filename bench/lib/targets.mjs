@@ -92,6 +92,16 @@ clusters:
 `;
 }
 
+/**
+ * ballast's environment: BALLAST_NODE_OPTIONS, when set, becomes its
+ * NODE_OPTIONS (e.g. V8 heap flags to compare), and only its: the load
+ * generators and backends keep theirs.
+ */
+export function ballastEnv() {
+  const o = process.env.BALLAST_NODE_OPTIONS;
+  return o === undefined ? process.env : { ...process.env, NODE_OPTIONS: o };
+}
+
 /** The Node binary ballast runs on: Node 24 (the ship target) when present. */
 export function ballastNode(override) {
   if (override) return override;
@@ -118,7 +128,7 @@ export function ballastTarget(backend, { workdir, root, node, tag = 'ballast', w
       t.port = await freePort();
       const cfg = join(workdir, `${tag}.yaml`);
       writeFileSync(cfg, ballastConfig({ port: t.port, backend, workers, workerSockets }));
-      child = spawnTracked(node, [join(root, 'dist/cli.js'), 'run', '--config', cfg, '--log-level', 'warn'], { name: 'ballast' });
+      child = spawnTracked(node, [join(root, 'dist/cli.js'), 'run', '--config', cfg, '--log-level', 'warn'], { name: 'ballast', env: ballastEnv() });
       t.pid = child.pid;
       await waitListening(t.host, t.port, { child });
     },
@@ -198,7 +208,7 @@ export function mtlsTargets(backend, { scenario, workdir, root, node, workers = 
         t.port = await freePort();
         const cfg = join(workdir, `${scenario}-${name}.${ext}`);
         writeFileSync(cfg, cfgText(t.port));
-        child = spawnTracked(cmd, args(cfg), { name });
+        child = spawnTracked(cmd, args(cfg), { name, env: name === 'ballast' ? ballastEnv() : process.env });
         t.pid = child.pid;
         await waitListening(t.host, t.port, { child });
       },

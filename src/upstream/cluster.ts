@@ -1,5 +1,5 @@
 import type { Logger } from 'pino';
-import type { Clock } from '../clock.js';
+import type { Clock, TimerHandle } from '../clock.js';
 import type { ClusterConfig, EndpointSpec } from '../config/load.js';
 import { createBalancer, type Balancer, type PickContext } from './balancer/index.js';
 import { RendezvousBalancer } from './balancer/rendezvous.js';
@@ -50,8 +50,17 @@ export interface Prober {
   stop(): void;
 }
 
+/** How often a new barrier read starts while clients wait on a member. */
+const BARRIER_STAGGER_MS = 50;
+
+interface BarrierWait {
+  waiters: { since: number; deadline: number; done: (ok: boolean) => void }[];
+  timer: TimerHandle | undefined;
+}
+
 export class Cluster {
   readonly name: string;
+  private readonly barriers = new Map<Endpoint, BarrierWait>();
   config: ClusterConfig;
   endpoints: Endpoint[] = [];
   /** Removed from the config or the membership, finishing their open connections. */
@@ -341,22 +350,24 @@ export class Cluster {
   /**
    * Wait until `e` has caught up before an affinity client is connected to it
    * (it left another member, or ballast has no memory of it), at most ten
-   * check intervals (4 s by default): long enough for an etcd election and a
-   * commit by the new leader, which is what lets followers apply the old
-   * leader's last entries. Resolves false on timeout or when `e` stops being
-   * eligible (the client is then routed anyway, and counted).
+   * check intervals plus a timeout (4.25 s by default): long enough for an
+   * etcd election and a commit by the new leader, which is what lets
+   * followers apply the old leader's last entries. Resolves false on timeout
+   * or when `e` stops being eligible (the client is then routed anyway, and
+   * counted).
    *
    * With the etcd check, "caught up" is proven, not estimated: a linearizable
    * read served by `e` (the check's read barrier) completes only once `e` has
    * applied everything committed when it was sent, which includes every
-   * revision the client can have read anywhere. Raft indexes from health
-   * samples cannot prove that: the member the client left may have applied
-   * (and served) entries after its last sample. `index` (the most advanced
-   * applied index sampled) is then only a hint; without a barrier the wait
-   * is for a fresh sample at or past it.
+   * revision the client can have read anywhere before this call. Raft indexes
+   * from health samples cannot prove that: the member the client left may
+   * have applied (and served) entries after its last sample. `index` (the
+   * most advanced applied index sampled) is then only a hint; without a
+   * barrier the wait is for a fresh sample at or past it.
    */
   awaitRaft(e: Endpoint, index: number): Promise<boolean> {
-    const deadline = this.clock.now() + 10 * this.config.health.interval + this.config.health.timeout;
+    const now = this.clock.now();
+    const deadline = now + 10 * this.config.health.interval + this.config.health.timeout;
     const giveUp = (): false => {
       this.affinity?.noteBehind();
       this.log.warn({ cluster: this.name, endpoint: e.id, want: index, have: e.lastRaftIndex }, `${this.name}: ${e.id} did not catch up with the member its client left (${e.lastRaftIndex} < ${index}); routing anyway`);
@@ -364,23 +375,12 @@ export class Cluster {
     };
     const barrier = this.prober?.readBarrier;
     if (barrier !== undefined) {
-      const attempt = async (): Promise<boolean> => {
-        for (;;) {
-          if (!e.eligible) return giveUp();
-          const left = deadline - this.clock.now();
-          if (left <= 0) return giveUp();
-          try {
-            // One attempt is bounded so a read stuck behind an election is
-            // re-sent soon after the new leader exists.
-            await barrier(e, Math.min(left, Math.max(500, 2 * this.config.health.timeout)));
-            return true;
-          } catch {
-            // No leader yet (or the member is restarting): look again shortly.
-            await new Promise<void>((r) => this.clock.setTimeout(r, 20));
-          }
-        }
-      };
-      return attempt();
+      return new Promise((resolve) => {
+        let b = this.barriers.get(e);
+        if (b === undefined) this.barriers.set(e, (b = { waiters: [], timer: undefined }));
+        b.waiters.push({ since: now, deadline, done: (ok) => resolve(ok || giveUp()) });
+        if (b.timer === undefined) this.barrierTick(e, b, barrier);
+      });
     }
     return new Promise((resolve) => {
       const poll = () => {
@@ -392,6 +392,47 @@ export class Cluster {
       };
       poll();
     });
+  }
+
+  /**
+   * One endpoint's barrier reads, shared by every client waiting on it: a
+   * read started at time s, once answered, releases every waiter that began
+   * waiting at or before s. While anyone waits, a new read starts every
+   * BARRIER_STAGGER_MS without cancelling the ones in flight, so a read stuck
+   * behind an election (etcd answers it only when a leader exists, or drops
+   * it) costs at most one stagger after the new leader, and the reads sent
+   * stay bounded per member however many clients move at once.
+   */
+  private barrierTick(e: Endpoint, b: BarrierWait, barrier: (e: Endpoint, timeoutMs: number) => Promise<void>): void {
+    b.timer = undefined;
+    const now = this.clock.now();
+    const keep: BarrierWait['waiters'] = [];
+    for (const w of b.waiters) {
+      if (!e.eligible || now >= w.deadline) w.done(false);
+      else keep.push(w);
+    }
+    b.waiters = keep;
+    if (keep.length === 0) {
+      this.barriers.delete(e);
+      return;
+    }
+    const started = now;
+    // Reads in flight stay bounded: each gives up after at most 2 s.
+    const timeoutMs = Math.max(1, Math.min(2000, Math.max(...keep.map((w) => w.deadline)) - now));
+    barrier(e, timeoutMs).then(
+      () => {
+        const still: BarrierWait['waiters'] = [];
+        for (const w of b.waiters) {
+          if (w.since <= started) w.done(true);
+          else still.push(w);
+        }
+        b.waiters = still;
+      },
+      () => {
+        // No leader yet, or the member is restarting: a later read will tell.
+      },
+    );
+    b.timer = this.clock.setTimeout(() => this.barrierTick(e, b, barrier), BARRIER_STAGGER_MS);
   }
 
   private closeOnDown(e: Endpoint): void {
@@ -453,6 +494,11 @@ export class Cluster {
   stop(): void {
     this.prober?.stop();
     for (const e of [...this.timers.keys()]) this.clearTimer(e);
+    for (const b of this.barriers.values()) {
+      if (b.timer !== undefined) this.clock.clearTimeout(b.timer);
+      for (const w of b.waiters) w.done(false);
+    }
+    this.barriers.clear();
   }
 
   /** Remember an etcd status seen outside a health check (discovery). */

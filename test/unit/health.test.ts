@@ -308,11 +308,34 @@ describe('Cluster: passive detection, ejection and panic', () => {
       void cluster.awaitRaft(e, 1000).then((r) => (done = r));
       await clock.advance(300);
       expect(done).toBeUndefined();
-      expect(check.barrierCalls.length).toBeGreaterThan(3); // retried, each attempt bounded
-      expect(check.barrierCalls[0]).toBe(`${e.id} 500`);
+      expect(check.barrierCalls.length).toBeGreaterThan(3); // re-sent while it fails, each read bounded
+      expect(check.barrierCalls[0]).toBe(`${e.id} 2000`);
       check.open.add(e.id);
-      await clock.advance(40);
+      await clock.advance(60); // the next read (one every 50 ms) is answered
       expect(done).toBe(true);
+    });
+
+    it('a read releases only the clients that were waiting when it was sent, and many waiters share the reads', async () => {
+      const { clock, cluster, e } = withBarrier();
+      const pending: (() => void)[] = [];
+      // A prober whose reads the test answers one by one.
+      cluster.prober = { probeNow() {}, endpointsChanged() {}, stop() {}, readBarrier: () => new Promise<void>((r) => pending.push(r)) };
+      const done: Record<string, boolean | undefined> = {};
+      void cluster.awaitRaft(e, 1).then((r) => (done.a = r));
+      expect(pending.length).toBe(1); // the first read goes out at once
+      await clock.advance(10);
+      for (const k of ['b', 'c', 'd', 'e']) void cluster.awaitRaft(e, 1).then((r) => (done[k] = r));
+      await clock.advance(5);
+      pending[0]!(); // answered: proves the member was caught up when it was sent, before b..e arrived
+      await clock.advance(1);
+      expect(done).toEqual({ a: true });
+      await clock.advance(40); // the next read, sent after b..e started waiting
+      expect(pending.length).toBe(2);
+      pending[1]!();
+      await clock.advance(1);
+      expect(done).toEqual({ a: true, b: true, c: true, d: true, e: true });
+      await clock.advance(500);
+      expect(pending.length).toBe(2); // nobody waits: no more reads
     });
 
     it('gives up after ten intervals plus a timeout, counts the client as moved behind, and logs it', async () => {
