@@ -291,7 +291,7 @@ tls:
     key: ${files['ballast-client.key']}
     ca: ${files.ca}
 listeners:
-  - { name: etcd, listen: 127.0.0.1:${port}, cluster: etcd, tls: guard }
+  - { name: etcd, listen: 127.0.0.1:${port}, cluster: etcd, tls: guard, accessLog: true }
 clusters:
   - name: etcd
     endpoints: [${seeds.join(', ')}]

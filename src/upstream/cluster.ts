@@ -422,11 +422,17 @@ export class Cluster {
     barrier(e, timeoutMs).then(
       () => {
         const still: BarrierWait['waiters'] = [];
+        let released = 0;
+        let longest = 0;
         for (const w of b.waiters) {
-          if (w.since <= started) w.done(true);
-          else still.push(w);
+          if (w.since <= started) {
+            released++;
+            longest = Math.max(longest, this.clock.now() - w.since);
+            w.done(true);
+          } else still.push(w);
         }
         b.waiters = still;
+        if (released > 0) this.log.info({ cluster: this.name, endpoint: e.id, clients: released, waitedMs: Math.round(longest), readSentMs: Math.round(started) }, `${this.name}: ${e.id} caught up (linearizable read answered); ${released} moved client(s) connect now`);
       },
       () => {
         // No leader yet, or the member is restarting: a later read will tell.

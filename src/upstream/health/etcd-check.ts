@@ -88,10 +88,21 @@ export class EtcdCheck implements HealthCheck {
    * on `e`. During an election it cannot complete; the caller retries until
    * its own deadline. The key is never written: the read costs one round trip
    * to the leader and no data.
+   *
+   * It counts only if no leader change overlapped it: `e` must name a leader
+   * before the read, and the read must be answered in the same raft term.
+   * etcd before the 2026 fixes (Debian's 3.4.23 included) can answer a read
+   * that races a leader change with a stale index (etcd-io/etcd#20418, fixed
+   * by #21375 and #21399); a 100-cycle soak here saw a client read one
+   * revision back after a barrier that crossed the removal of a leader.
    */
   async readBarrier(e: Endpoint, timeoutMs: number): Promise<void> {
     const client = await this.clientFor(e);
-    await client.kv.range({ key: BARRIER_KEY, limit: 1, count_only: true, serializable: false }, { deadline: new Date(Date.now() + timeoutMs) });
+    const deadline = new Date(Date.now() + timeoutMs);
+    const before = (await client.maintenance.status({ deadline })) as unknown as RawStatus;
+    if (hexId(before.leader) === '0') throw new Error('no leader');
+    const res = await client.kv.range({ key: BARRIER_KEY, limit: 1, count_only: true, serializable: false }, { deadline });
+    if (res.header.raft_term !== before.raftTerm) throw new Error(`raft term changed during the read (${before.raftTerm} -> ${res.header.raft_term})`);
   }
 
   private async clientFor(e: Endpoint): Promise<Etcd3> {
