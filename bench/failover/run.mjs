@@ -112,6 +112,7 @@ const fmtMs = (ms) => (ms === undefined ? '-' : !Number.isFinite(ms) ? `>${BOUND
 
 const clientChildren = new Map(); // pid -> ChildProcess
 let cleaningUp = false;
+let workDir; // removed on a signal too (etcd data on /dev/shm is memory)
 async function cleanup(code) {
   if (cleaningUp) return;
   cleaningUp = true;
@@ -123,6 +124,7 @@ async function cleanup(code) {
     }
   }
   await killAll(5000);
+  if (workDir && !values.keep) fs.rmSync(workDir, { recursive: true, force: true });
   process.exit(code);
 }
 process.on('SIGINT', () => void cleanup(130));
@@ -729,6 +731,7 @@ async function main() {
   const d = HEALTH_DEFAULTS.etcd;
   const ballastEtcdCheck = `interval ${d.interval} ms, timeout ${d.timeout} ms, rise ${d.rise}, fall ${d.fall}, jitter ${d.jitter}`;
   const dir = fs.mkdtempSync(path.join(values.tmp, 'ballast-failover-'));
+  workDir = dir;
   log(`work dir ${dir}`);
   const certs = makeCerts(dir);
   const cluster = new EtcdChaosCluster({ dir, tls: { ca: certs.ca, cert: certs.etcdCrt, key: certs.etcdKey } });

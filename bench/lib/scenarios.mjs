@@ -15,7 +15,7 @@
 
 import { join } from 'node:path';
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { bulkLoad, etcdLoad, httpLoad, tlsLoad } from './loadgen.mjs';
 import { etcdTargets, etcdVersion, startEtcdBackend } from './etcd.mjs';
@@ -69,7 +69,11 @@ async function startTlsBackend(ctx) {
   const port = await freePort();
   const child = spawnTracked(process.execPath, [join(BENCH, 'http-backend.mjs'), '--port', String(port), '--cert', pki.backendCert, '--key', pki.backendKey, '--ca', pki.ca], { name: 'tls-backend' });
   await waitListening('127.0.0.1', port, { child });
-  return { backend: { host: '127.0.0.1', port, pki }, pid: child.pid, stop: () => stopChild(child) };
+  const stop = async () => {
+    await stopChild(child);
+    rmSync(pki.dir, { recursive: true, force: true });
+  };
+  return { backend: { host: '127.0.0.1', port, pki }, pid: child.pid, stop };
 }
 
 function tlsMeasure({ connections, close, resume }) {
