@@ -11,6 +11,7 @@
 
 import { parseArgs } from 'node:util';
 import { Etcd3 } from 'etcd3';
+import { latencyQuantiles, measuredWindow } from './lib/window.mjs';
 
 const { values } = parseArgs({
   options: {
@@ -70,17 +71,7 @@ async function loop(i) {
 }
 
 const loops = Array.from({ length: n }, (_, i) => loop(i));
-await new Promise((r) => setTimeout(r, Number(values.warmup) * 1000));
-console.log('MARK start');
-measuring = true;
-const start = process.hrtime.bigint();
-await new Promise((r) => setTimeout(r, Number(values.duration) * 1000));
-measuring = false;
-const seconds = Number(process.hrtime.bigint() - start) / 1e9;
-console.log('MARK end');
-stopping = true;
-await Promise.race([Promise.allSettled(loops), new Promise((r) => setTimeout(r, 3000))]);
-lat.sort((a, b) => a - b);
-const q = (p) => (lat.length ? Math.round(lat[Math.min(lat.length - 1, Math.floor(p * lat.length))]) : 0);
-console.log(JSON.stringify({ requests: puts + ranges, seconds, latency_us: { p50: q(0.5), p99: q(0.99) }, errors, puts, ranges, misses }));
+const seconds = await measuredWindow({ warmup: values.warmup, duration: values.duration, loops, measuring: (on) => (measuring = on), stop: () => (stopping = true) });
+const { p50, p99 } = latencyQuantiles(lat);
+console.log(JSON.stringify({ requests: puts + ranges, seconds, latency_us: { p50: Math.round(p50), p99: Math.round(p99) }, errors, puts, ranges, misses }));
 process.exit(0);

@@ -12,6 +12,7 @@
 import { readFileSync } from 'node:fs';
 import { connect } from 'node:tls';
 import { parseArgs } from 'node:util';
+import { latencyQuantiles, measuredWindow } from './lib/window.mjs';
 
 const { values } = parseArgs({
   options: {
@@ -101,17 +102,6 @@ async function perConnection() {
 
 const n = Number(values.connections);
 const workers = Array.from({ length: n }, () => (values.close ? perConnection() : keptAlive()));
-await new Promise((r) => setTimeout(r, Number(values.warmup) * 1000));
-console.log('MARK start');
-measuring = true;
-const start = process.hrtime.bigint();
-await new Promise((r) => setTimeout(r, Number(values.duration) * 1000));
-measuring = false;
-const seconds = Number(process.hrtime.bigint() - start) / 1e9;
-console.log('MARK end');
-stopping = true;
-await Promise.race([Promise.allSettled(workers), new Promise((r) => setTimeout(r, 3000))]);
-lat.sort((a, b) => a - b);
-const q = (p) => (lat.length ? lat[Math.min(lat.length - 1, Math.floor(p * lat.length))] : 0);
-console.log(JSON.stringify({ requests, seconds, latency_us: { p50: q(0.5), p99: q(0.99) }, errors, resumed }));
+const seconds = await measuredWindow({ warmup: values.warmup, duration: values.duration, loops: workers, measuring: (on) => (measuring = on), stop: () => (stopping = true) });
+console.log(JSON.stringify({ requests, seconds, latency_us: latencyQuantiles(lat), errors, resumed }));
 process.exit(0);

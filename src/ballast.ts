@@ -8,6 +8,7 @@ import type { OriginTls } from './listener/proxy-connection.js';
 import { Metrics } from './admin/metrics.js';
 import { TlsProfileRuntime, serverName } from './tls/tls-profile.js';
 import { readMaterial } from './tls/material.js';
+import { buildTlsProfiles, keyKindFor, profileRoles } from './tls/profiles.js';
 import { Cluster } from './upstream/cluster.js';
 import { EtcdMemberDiscovery } from './upstream/discovery/etcd-members.js';
 import { createHealthChecker, type CheckTls } from './upstream/health/index.js';
@@ -376,35 +377,4 @@ export class Ballast {
     await this.backup?.stop();
     this.state = 'stopped';
   }
-}
-
-/** Which roles each profile plays: server (a listener terminates with it), client (originates or checks). */
-export function profileRoles(c: Config): Map<string, { server: boolean; client: boolean }> {
-  const roles = new Map<string, { server: boolean; client: boolean }>();
-  const get = (n: string) => {
-    if (!roles.has(n)) roles.set(n, { server: false, client: false });
-    return roles.get(n)!;
-  };
-  for (const l of c.listeners) if (l.tls !== undefined) get(l.tls).server = true;
-  for (const cl of c.clusters) {
-    if (cl.tls !== undefined) get(cl.tls).client = true;
-    if (cl.health.tls !== undefined) get(cl.health.tls).client = true;
-  }
-  return roles;
-}
-
-function keyKindFor(c: Config, profile: string): () => 'client-identity' | 'cn' | 'san' | 'source-ip' {
-  // A profile terminating for an affinity cluster derives the key that cluster asks for.
-  const l = c.listeners.find((x) => x.tls === profile);
-  const cl = l ? c.clusters.find((x) => x.name === l.cluster) : undefined;
-  const kind = cl?.affinity.key ?? 'client-identity';
-  return () => kind;
-}
-
-/** Load every profile's material; throws MaterialError naming the profile and file. */
-export function buildTlsProfiles(c: Config, log: Logger): Map<string, TlsProfileRuntime> {
-  const roles = profileRoles(c);
-  const out = new Map<string, TlsProfileRuntime>();
-  for (const [name, p] of c.tls) out.set(name, new TlsProfileRuntime(p, roles.get(name) ?? { server: false, client: false }, log, keyKindFor(c, name)));
-  return out;
 }

@@ -82,7 +82,7 @@ function parse(args: string[], options: NonNullable<NonNullable<Parameters<typeo
 /** Load and fully validate a config, TLS files included. Prints the error and returns undefined on failure. */
 export async function loadChecked(path: string): Promise<Config | undefined> {
   const { ConfigError, loadConfigFile } = await import('./config/load.js');
-  const { buildTlsProfiles } = await import('./ballast.js');
+  const { buildTlsProfiles } = await import('./tls/profiles.js');
   const { createLogger } = await import('./log.js');
   try {
     const config = loadConfigFile(path);

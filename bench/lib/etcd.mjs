@@ -9,11 +9,11 @@
 // connections over the three members the same way, so the difference is the proxy.
 
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { freePort, spawnTracked, stopChild, waitListening } from './proc.mjs';
-import { ballastEnv } from './targets.mjs';
+import { processTarget } from './targets.mjs';
 
 const ETCD = process.env.BALLAST_ETCD_BIN ?? 'etcd';
 
@@ -118,31 +118,8 @@ clusters:
 }
 
 export function etcdTargets(backend, { scenario, workdir, root, node, workers = 1, workerSockets = 'auto' }) {
-  const mk = (name, cmd, args, cfgText, ext, describe) => {
-    let child;
-    const t = {
-      name,
-      host: '127.0.0.1',
-      port: 0,
-      pid: undefined,
-      async start() {
-        t.port = await freePort();
-        const cfg = join(workdir, `${scenario}-${name}.${ext}`);
-        writeFileSync(cfg, cfgText(t.port));
-        child = spawnTracked(cmd, args(cfg), { name, env: name === 'ballast' ? ballastEnv() : process.env });
-        t.pid = child.pid;
-        await waitListening(t.host, t.port, { child });
-        // Let the proxy's health checks see every member up before load starts.
-        await new Promise((r) => setTimeout(r, 1500));
-      },
-      async stop() {
-        await stopChild(child);
-      },
-      describe: () => describe,
-      output: () => (child ? child.outTail + child.errTail : ''),
-    };
-    return t;
-  };
+  // Let the proxy's health checks see every member up before load starts.
+  const at = { scenario, workdir, settleMs: 1500 };
   return [
     {
       name: 'direct',
@@ -154,7 +131,7 @@ export function etcdTargets(backend, { scenario, workdir, root, node, workers = 
       async stop() {},
       describe: () => 'client i → etcd member i % 3',
     },
-    mk('haproxy', 'haproxy', (cfg) => ['-f', cfg, '-db'], (port) => haproxyEtcdConfig({ port, backend, threads: workers }), 'cfg', `clients → haproxy (balance roundrobin, nbthread ${workers}) → 3 members`),
-    mk('ballast', node, (cfg) => [join(root, 'dist/cli.js'), 'run', '--config', cfg, '--log-level', 'warn'], (port) => ballastEtcdConfig({ port, backend, workers, workerSockets }), 'yaml', 'clients → ballast (round-robin, etcd health check) → 3 members'),
+    processTarget({ ...at, name: 'haproxy', cmd: 'haproxy', args: (cfg) => ['-f', cfg, '-db'], config: (port) => haproxyEtcdConfig({ port, backend, threads: workers }), ext: 'cfg', describe: `clients → haproxy (balance roundrobin, nbthread ${workers}) → 3 members` }),
+    processTarget({ ...at, name: 'ballast', cmd: node, args: (cfg) => [join(root, 'dist/cli.js'), 'run', '--config', cfg, '--log-level', 'warn'], config: (port) => ballastEtcdConfig({ port, backend, workers, workerSockets }), ext: 'yaml', describe: 'clients → ballast (round-robin, etcd health check) → 3 members' }),
   ];
 }

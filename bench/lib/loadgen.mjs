@@ -130,6 +130,24 @@ export function httpLoad({ tool, target, connections, duration, close = false, m
   return measured(meter, run);
 }
 
+/**
+ * Run a Node load client that prints MARK start / MARK end around its window
+ * and one JSON result line last; the meter follows the marks. Returns { j, cpu }.
+ */
+async function markedClient(name, args, { meter, limitMs }) {
+  let cpu;
+  const onLine = (line) => {
+    if (line === 'MARK start') meter?.start();
+    else if (line === 'MARK end') cpu = meter?.stop();
+  };
+  const res = await runBounded(process.execPath, args, { name, onLine, limitMs });
+  try {
+    return { j: JSON.parse(res.stdout.trim().split('\n').pop()), cpu };
+  } catch {
+    throw fail(name, res);
+  }
+}
+
 // --- bulk --------------------------------------------------------------------
 
 /**
@@ -138,11 +156,6 @@ export function httpLoad({ tool, target, connections, duration, close = false, m
  * meter follows those marks. Returns { r, cpu }.
  */
 export async function bulkLoad({ target, sink, streams, warmup, duration, meter }) {
-  let cpu;
-  const onLine = (line) => {
-    if (line === 'MARK start') meter?.start();
-    else if (line === 'MARK end') cpu = meter?.stop();
-  };
   const args = [
     join(BENCH, 'bulk-client.mjs'),
     '--target', `${target.host}:${target.port}`,
@@ -151,13 +164,7 @@ export async function bulkLoad({ target, sink, streams, warmup, duration, meter 
     '--warmup', String(warmup),
     '--duration', String(duration),
   ];
-  const res = await runBounded(process.execPath, args, { name: 'bulk-client', onLine, limitMs: (warmup + duration + 15) * 1000 });
-  let j;
-  try {
-    j = JSON.parse(res.stdout.trim().split('\n').pop());
-  } catch {
-    throw fail('bulk-client', res);
-  }
+  const { j, cpu } = await markedClient('bulk-client', args, { meter, limitMs: (warmup + duration + 15) * 1000 });
   const r = { bytes: j.bytes, seconds: j.seconds, mbps: j.bytes / 1e6 / j.seconds, errors: j.errors + j.closed, errorDetail: j.errors + j.closed ? { errors: j.errors, closed: j.closed } : undefined };
   return { r, cpu };
 }
@@ -169,11 +176,6 @@ export async function bulkLoad({ target, sink, streams, warmup, duration, meter 
  * certificate). The meter follows the client's MARK lines. Returns { r, cpu }.
  */
 export async function tlsLoad({ target, pki, connections, warmup, duration, close, resume, meter }) {
-  let cpu;
-  const onLine = (line) => {
-    if (line === 'MARK start') meter?.start();
-    else if (line === 'MARK end') cpu = meter?.stop();
-  };
   const args = [
     join(BENCH, 'tls-client.mjs'),
     '--target', `${target.host}:${target.port}`,
@@ -181,13 +183,7 @@ export async function tlsLoad({ target, pki, connections, warmup, duration, clos
     '--connections', String(connections), '--warmup', String(warmup), '--duration', String(duration),
     ...(close ? ['--close'] : []), ...(resume ? ['--resume'] : []),
   ];
-  const res = await runBounded(process.execPath, args, { name: 'tls-client', onLine, limitMs: (warmup + duration + 20) * 1000 });
-  let j;
-  try {
-    j = JSON.parse(res.stdout.trim().split('\n').pop());
-  } catch {
-    throw fail('tls-client', res);
-  }
+  const { j, cpu } = await markedClient('tls-client', args, { meter, limitMs: (warmup + duration + 20) * 1000 });
   return {
     r: { requests: j.requests, seconds: j.seconds, rps: j.requests / j.seconds, p50us: j.latency_us.p50, p99us: j.latency_us.p99, errors: j.errors, errorDetail: j.errors ? { errors: j.errors, resumed: j.resumed } : { resumed: j.resumed } },
     cpu,
@@ -203,20 +199,9 @@ export async function tlsLoad({ target, pki, connections, warmup, duration, clos
  * (requests = operations).
  */
 export async function etcdLoad({ target, clients, warmup, duration, meter }) {
-  let cpu;
-  const onLine = (line) => {
-    if (line === 'MARK start') meter?.start();
-    else if (line === 'MARK end') cpu = meter?.stop();
-  };
   const hosts = target.hosts ?? [`http://${target.host}:${target.port}`];
   const args = [join(BENCH, 'etcd-client.mjs'), '--hosts', hosts.join(','), '--clients', String(clients), '--warmup', String(warmup), '--duration', String(duration)];
-  const res = await runBounded(process.execPath, args, { name: 'etcd-client', onLine, limitMs: (warmup + duration + 20) * 1000 });
-  let j;
-  try {
-    j = JSON.parse(res.stdout.trim().split('\n').pop());
-  } catch {
-    throw fail('etcd-client', res);
-  }
+  const { j, cpu } = await markedClient('etcd-client', args, { meter, limitMs: (warmup + duration + 20) * 1000 });
   return {
     r: { requests: j.requests, seconds: j.seconds, rps: j.requests / j.seconds, p50us: j.latency_us.p50, p99us: j.latency_us.p99, errors: j.errors, errorDetail: { errors: j.errors, puts: j.puts, ranges: j.ranges, misses: j.misses } },
     cpu,

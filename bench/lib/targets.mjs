@@ -195,34 +195,43 @@ clusters:
 `;
 }
 
+/**
+ * A proxy process run from a config file written at start: haproxy (-f cfg)
+ * or ballast (run --config cfg). `config(port)` is the file's text,
+ * `args(cfgPath)` the command line; `settleMs` waits after it listens (for
+ * health checks to see the backends). ballast gets ballastEnv().
+ */
+export function processTarget({ name, cmd, args, config, ext, describe, scenario, workdir, settleMs = 0 }) {
+  let child;
+  const t = {
+    name,
+    host: '127.0.0.1',
+    port: 0,
+    pid: undefined,
+    async start() {
+      t.port = await freePort();
+      const cfg = join(workdir, `${scenario}-${name}.${ext}`);
+      writeFileSync(cfg, config(t.port));
+      child = spawnTracked(cmd, args(cfg), { name, env: name === 'ballast' ? ballastEnv() : process.env });
+      t.pid = child.pid;
+      await waitListening(t.host, t.port, { child });
+      if (settleMs > 0) await new Promise((r) => setTimeout(r, settleMs));
+    },
+    async stop() {
+      await stopChild(child);
+    },
+    describe: () => describe,
+    output: () => (child ? child.outTail + child.errTail : ''),
+  };
+  return t;
+}
+
 /** The mTLS scenarios' targets: direct is the client doing mTLS with the backend itself. */
 export function mtlsTargets(backend, { scenario, workdir, root, node, workers = 1, workerSockets = 'auto' }) {
-  const mk = (name, cmd, args, cfgText, ext, describe) => {
-    let child;
-    const t = {
-      name,
-      host: '127.0.0.1',
-      port: 0,
-      pid: undefined,
-      async start() {
-        t.port = await freePort();
-        const cfg = join(workdir, `${scenario}-${name}.${ext}`);
-        writeFileSync(cfg, cfgText(t.port));
-        child = spawnTracked(cmd, args(cfg), { name, env: name === 'ballast' ? ballastEnv() : process.env });
-        t.pid = child.pid;
-        await waitListening(t.host, t.port, { child });
-      },
-      async stop() {
-        await stopChild(child);
-      },
-      describe: () => describe,
-      output: () => (child ? child.outTail + child.errTail : ''),
-    };
-    return t;
-  };
+  const at = { scenario, workdir };
   return [
     { ...directTarget(backend), describe: () => 'client → mTLS backend' },
-    mk('haproxy', 'haproxy', (cfg) => ['-f', cfg, '-db'], (port) => haproxyMtlsConfig({ port, backend, threads: workers }), 'cfg', `client → haproxy (ssl verify required; server ssl crt, nbthread ${workers}) → mTLS backend`),
-    mk('ballast', node, (cfg) => [join(root, 'dist/cli.js'), 'run', '--config', cfg, '--log-level', 'warn'], (port) => ballastMtlsConfig({ port, backend, workers, workerSockets }), 'yaml', `client → ballast (tls terminate + originate) → mTLS backend`),
+    processTarget({ ...at, name: 'haproxy', cmd: 'haproxy', args: (cfg) => ['-f', cfg, '-db'], config: (port) => haproxyMtlsConfig({ port, backend, threads: workers }), ext: 'cfg', describe: `client → haproxy (ssl verify required; server ssl crt, nbthread ${workers}) → mTLS backend` }),
+    processTarget({ ...at, name: 'ballast', cmd: node, args: (cfg) => [join(root, 'dist/cli.js'), 'run', '--config', cfg, '--log-level', 'warn'], config: (port) => ballastMtlsConfig({ port, backend, workers, workerSockets }), ext: 'yaml', describe: 'client → ballast (tls terminate + originate) → mTLS backend' }),
   ];
 }

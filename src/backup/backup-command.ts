@@ -1,6 +1,6 @@
 import { parseArgs } from 'node:util';
 import type { Logger } from 'pino';
-import { buildTlsProfiles } from '../ballast.js';
+import { buildTlsProfiles } from '../tls/profiles.js';
 import { systemClock } from '../clock.js';
 import { ConfigError, loadConfigFile, type Config } from '../config/load.js';
 import { createLogger } from '../log.js';

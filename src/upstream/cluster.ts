@@ -1,8 +1,9 @@
 import type { Logger } from 'pino';
-import type { Clock, TimerHandle } from '../clock.js';
+import type { Clock } from '../clock.js';
 import type { ClusterConfig, EndpointSpec } from '../config/load.js';
 import { createBalancer, type Balancer, type PickContext } from './balancer/index.js';
 import { RendezvousBalancer } from './balancer/rendezvous.js';
+import { CatchUpBarrier } from './catch-up.js';
 import { canTransition, Endpoint, type ConnectOutcome, type EndpointState, type EtcdMemberStatus, type TrackedConnection } from './endpoint.js';
 
 // A cluster owns its endpoints, their health state machine and the eligible
@@ -50,17 +51,9 @@ export interface Prober {
   stop(): void;
 }
 
-/** How often a new barrier read starts while clients wait on a member. */
-const BARRIER_STAGGER_MS = 50;
-
-interface BarrierWait {
-  waiters: { since: number; deadline: number; done: (ok: boolean) => void }[];
-  timer: TimerHandle | undefined;
-}
-
 export class Cluster {
   readonly name: string;
-  private readonly barriers = new Map<Endpoint, BarrierWait>();
+  private readonly catchUp: CatchUpBarrier = new CatchUpBarrier(this);
   config: ClusterConfig;
   endpoints: Endpoint[] = [];
   /** Removed from the config or the membership, finishing their open connections. */
@@ -347,98 +340,9 @@ export class Cluster {
     this.prober?.probeNow(e);
   }
 
-  /**
-   * Wait until `e` has caught up before an affinity client is connected to it
-   * (it left another member, or ballast has no memory of it), at most ten
-   * check intervals plus a timeout (4.25 s by default): long enough for an
-   * etcd election and a commit by the new leader, which is what lets
-   * followers apply the old leader's last entries. Resolves false on timeout
-   * or when `e` stops being eligible (the client is then routed anyway, and
-   * counted).
-   *
-   * With the etcd check, "caught up" is proven, not estimated: a linearizable
-   * read served by `e` (the check's read barrier) completes only once `e` has
-   * applied everything committed when it was sent, which includes every
-   * revision the client can have read anywhere before this call. Raft indexes
-   * from health samples cannot prove that: the member the client left may
-   * have applied (and served) entries after its last sample. `index` (the
-   * most advanced applied index sampled) is then only a hint; without a
-   * barrier the wait is for a fresh sample at or past it.
-   */
+  /** Wait until `e` has caught up before an affinity client lands on it (see CatchUpBarrier). */
   awaitRaft(e: Endpoint, index: number): Promise<boolean> {
-    const now = this.clock.now();
-    const deadline = now + 10 * this.config.health.interval + this.config.health.timeout;
-    const giveUp = (): false => {
-      this.affinity?.noteBehind();
-      this.log.warn({ cluster: this.name, endpoint: e.id, want: index, have: e.lastRaftIndex }, `${this.name}: ${e.id} did not catch up with the member its client left (${e.lastRaftIndex} < ${index}); routing anyway`);
-      return false;
-    };
-    const barrier = this.prober?.readBarrier;
-    if (barrier !== undefined) {
-      return new Promise((resolve) => {
-        let b = this.barriers.get(e);
-        if (b === undefined) this.barriers.set(e, (b = { waiters: [], timer: undefined }));
-        b.waiters.push({ since: now, deadline, done: (ok) => resolve(ok || giveUp()) });
-        if (b.timer === undefined) this.barrierTick(e, b, barrier);
-      });
-    }
-    return new Promise((resolve) => {
-      const poll = () => {
-        if (e.lastRaftIndex >= index) return resolve(true);
-        if (!e.eligible || this.clock.now() >= deadline) return resolve(giveUp());
-        // Fresh samples arrive in a few ms on a LAN: look often, briefly.
-        this.prober?.probeNow(e);
-        this.clock.setTimeout(poll, 5);
-      };
-      poll();
-    });
-  }
-
-  /**
-   * One endpoint's barrier reads, shared by every client waiting on it: a
-   * read started at time s, once answered, releases every waiter that began
-   * waiting at or before s. While anyone waits, a new read starts every
-   * BARRIER_STAGGER_MS without cancelling the ones in flight, so a read stuck
-   * behind an election (etcd answers it only when a leader exists, or drops
-   * it) costs at most one stagger after the new leader, and the reads sent
-   * stay bounded per member however many clients move at once.
-   */
-  private barrierTick(e: Endpoint, b: BarrierWait, barrier: (e: Endpoint, timeoutMs: number) => Promise<void>): void {
-    b.timer = undefined;
-    const now = this.clock.now();
-    const keep: BarrierWait['waiters'] = [];
-    for (const w of b.waiters) {
-      if (!e.eligible || now >= w.deadline) w.done(false);
-      else keep.push(w);
-    }
-    b.waiters = keep;
-    if (keep.length === 0) {
-      this.barriers.delete(e);
-      return;
-    }
-    const started = now;
-    // Reads in flight stay bounded: each gives up after at most 2 s.
-    const timeoutMs = Math.max(1, Math.min(2000, Math.max(...keep.map((w) => w.deadline)) - now));
-    barrier(e, timeoutMs).then(
-      () => {
-        const still: BarrierWait['waiters'] = [];
-        let released = 0;
-        let longest = 0;
-        for (const w of b.waiters) {
-          if (w.since <= started) {
-            released++;
-            longest = Math.max(longest, this.clock.now() - w.since);
-            w.done(true);
-          } else still.push(w);
-        }
-        b.waiters = still;
-        if (released > 0) this.log.info({ cluster: this.name, endpoint: e.id, clients: released, waitedMs: Math.round(longest), readSentMs: Math.round(started) }, `${this.name}: ${e.id} caught up (linearizable read answered); ${released} moved client(s) connect now`);
-      },
-      () => {
-        // No leader yet, or the member is restarting: a later read will tell.
-      },
-    );
-    b.timer = this.clock.setTimeout(() => this.barrierTick(e, b, barrier), BARRIER_STAGGER_MS);
+    return this.catchUp.wait(e, index);
   }
 
   private closeOnDown(e: Endpoint): void {
@@ -500,11 +404,7 @@ export class Cluster {
   stop(): void {
     this.prober?.stop();
     for (const e of [...this.timers.keys()]) this.clearTimer(e);
-    for (const b of this.barriers.values()) {
-      if (b.timer !== undefined) this.clock.clearTimeout(b.timer);
-      for (const w of b.waiters) w.done(false);
-    }
-    this.barriers.clear();
+    this.catchUp.stop();
   }
 
   /** Remember an etcd status seen outside a health check (discovery). */
