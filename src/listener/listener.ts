@@ -7,6 +7,7 @@ import { RateLimitedLog } from '../log.js';
 import type { Cluster } from '../upstream/cluster.js';
 import { connectionsAllowedByFds, fds, fdsAvailable } from './fd-budget.js';
 import { PIPE_HIGH_WATER_MARK, ProxyConnection, type ListenerPort, type OriginTls } from './proxy-connection.js';
+import { userBufferSupported } from './read-buffers.js';
 
 // A listener accepts clients on one address, optionally terminates and
 // authorizes TLS, and hands each connection to its cluster. Limits
@@ -125,7 +126,10 @@ export class Listener implements ListenerPort {
       server.on('tlsClientError', (err: NodeJS.ErrnoException, s: TLSSocket) => this.onTlsError(err, s));
       this.subscribeTls(this.tls);
     } else {
-      server = createNetServer(socketOptions);
+      // Accepted paused, so a client can be switched to ballast's read
+      // buffers before its first byte is read (read-buffers.ts); its bytes
+      // wait in the kernel until the upstream is connected.
+      server = createNetServer({ ...socketOptions, pauseOnConnect: userBufferSupported });
       server.on('connection', (s: Socket) => this.onConnection(s));
     }
     server.maxConnections = limit;
@@ -189,7 +193,7 @@ export class Listener implements ListenerPort {
       return;
     }
     const key = this.cluster.config.balance === 'affinity' ? (s.remoteAddress ?? '') : '';
-    this.begin(s, key, undefined, false);
+    this.begin(s, key, undefined, false, userBufferSupported);
   }
 
   /** Follow a TLS profile's rotations (and, on reload, a replaced profile) without a new socket. */
@@ -221,7 +225,7 @@ export class Listener implements ListenerPort {
     this.begin(s, key, verdict.identity, s.alpnProtocol ?? false);
   }
 
-  private begin(s: Socket, key: string, identity: string | undefined, alpn: string | false): void {
+  private begin(s: Socket, key: string, identity: string | undefined, alpn: string | false, adoptReads = false): void {
     if (!fdsAvailable()) {
       this.count('fd_limit');
       this.rlog.warn(`fd:${this.name}`, { listener: this.name, fdLimit: fds.limit, active: fds.active }, `${this.name}: near the file descriptor limit (${fds.limit}); refusing new connections until some close`);
@@ -231,7 +235,7 @@ export class Listener implements ListenerPort {
     this.active++;
     fds.active++;
     if (this.tls) fds.tlsActive++;
-    const c = new ProxyConnection(s, this, key, identity, this.hooks.originTls(), alpn);
+    const c = new ProxyConnection(s, this, key, identity, this.hooks.originTls(), alpn, adoptReads);
     if (this.config.accessLog) c.remote = `${s.remoteAddress}:${s.remotePort}`;
     this.connections.add(c);
     c.connect();

@@ -5,6 +5,7 @@ import { connect as tlsConnect, type SecureContext, type TLSSocket } from 'node:
 import type { Cluster } from '../upstream/cluster.js';
 import type { PickContext } from '../upstream/balancer/balancer.js';
 import type { ConnectOutcome, Endpoint, PendingConnect, TrackedConnection } from '../upstream/endpoint.js';
+import { adoptAcceptedSocket, BUSY_READ, CALM_READ, leaseReadBuffer, releaseReadBuffer, SHARED } from './read-buffers.js';
 
 // The hot path: one client connection, its upstream, and the bytes between
 // them. Handlers are module-level functions that find their connection
@@ -12,6 +13,11 @@ import type { ConnectOutcome, Endpoint, PendingConnect, TrackedConnection } from
 // connection object and nothing per event; nothing here logs or builds
 // strings per chunk. Bytes are read from the sockets' own counters when the
 // connection closes or when metrics are scraped.
+//
+// Plain sockets (TCP, unix) read into ballast's own buffers (read-buffers.ts)
+// and hand each read to forward() instead of emitting 'data'; TLS sockets use
+// 'data' events. Either way a full destination stops the source from reading
+// until the destination drains.
 
 export const kConn = Symbol('ballast.connection');
 type Tagged = (Socket | TLSSocket) & { [kConn]: ProxyConnection };
@@ -67,6 +73,17 @@ export class ProxyConnection implements TrackedConnection, PendingConnect {
   connectStartedAt = 0;
   /** Sockets still open; the connection is finished when this reaches zero. */
   private open = 1;
+  /** The client socket reads into read-buffers (adopted at accept), not through 'data'. */
+  private readonly clientUserReads: boolean;
+  /** Private read buffers of the client (bytes going up) and the upstream (going down); null while on SHARED. */
+  private upBuf: Buffer | null = null;
+  private downBuf: Buffer | null = null;
+  /** A private buffer's bytes are still in a write, and its socket is not reading. */
+  private upHeld = false;
+  private downHeld = false;
+  /** Write callbacks of the private-buffer path, made the first time a direction goes private. */
+  private upWritten: (() => void) | undefined;
+  private downWritten: (() => void) | undefined;
 
   constructor(
     readonly client: Socket | TLSSocket,
@@ -78,10 +95,13 @@ export class ProxyConnection implements TrackedConnection, PendingConnect {
     private readonly originTls: OriginTls | undefined,
     /** ALPN the client negotiated, carried to the upstream. */
     private readonly alpn: string | false,
+    /** The client was accepted paused and may read into read-buffers. */
+    adoptReads = false,
   ) {
     this.startedAt = performance.now();
     const c = client as Tagged;
     c[kConn] = this;
+    this.clientUserReads = adoptReads && adoptAcceptedSocket(client, onClientRead, nextReadBuffer);
     client.on('error', onClientError);
     client.on('close', onClientClose);
     if (port.idleTimeout > 0) {
@@ -163,8 +183,8 @@ export class ProxyConnection implements TrackedConnection, PendingConnect {
     let s: Socket | TLSSocket;
     if (this.originTls === undefined) {
       s = e.address.kind === 'unix'
-        ? netConnect({ path: e.address.path, allowHalfOpen: true })
-        : netConnect({ host: e.host, port: e.port, allowHalfOpen: true, noDelay: true, keepAlive, keepAliveInitialDelay: cluster.config.keepalive.idle, highWaterMark: PIPE_HIGH_WATER_MARK } as NetConnectOpts);
+        ? netConnect({ path: e.address.path, allowHalfOpen: true, onread: upstreamOnread })
+        : netConnect({ host: e.host, port: e.port, allowHalfOpen: true, noDelay: true, keepAlive, keepAliveInitialDelay: cluster.config.keepalive.idle, highWaterMark: PIPE_HIGH_WATER_MARK, onread: upstreamOnread } as NetConnectOpts);
       s.on('connect', onUpstreamConnect);
     } else {
       const t = this.originTls;
@@ -205,12 +225,17 @@ export class ProxyConnection implements TrackedConnection, PendingConnect {
     this.port.observeConnect((performance.now() - this.connectStartedAt) / 1000);
     this.port.cluster.opened(e, this);
     const c = this.client;
-    c.on('data', onClientData);
+    if (!this.clientUserReads) c.on('data', onClientData);
     c.on('end', onClientEnd);
     c.on('drain', onClientDrain);
-    s.on('data', onUpstreamData);
+    if (this.originTls !== undefined) s.on('data', onUpstreamData);
     s.on('end', onUpstreamEnd);
     s.on('drain', onUpstreamDrain);
+    // Flowing mode in both directions: a plain listener accepted the client
+    // paused (its bytes waited in the kernel while we connected), and a
+    // socket reading into our buffers emits 'end' only when flowing.
+    c.resume();
+    s.resume();
     // A client that half-closed before the upstream answered (no bytes, just
     // a FIN) has already emitted 'end': carry it over now or it is lost and
     // the connection hangs half-open until the idle timeout.
@@ -270,9 +295,72 @@ export class ProxyConnection implements TrackedConnection, PendingConnect {
     this.upstream?.destroy();
   }
 
+  /**
+   * Carry one read of a plain socket on. From SHARED the bytes are copied
+   * out first (the next read of any socket overwrites SHARED). From a private
+   * buffer they are written as they are; if the destination does not take
+   * them at once, the source stops reading until that write is done, so the
+   * buffer is not overwritten under it. Returns false to stop reading.
+   */
+  forward(up: boolean, n: number, buf: Buffer): boolean {
+    const dst = up ? this.upstream! : this.client;
+    if (buf === SHARED) {
+      const copy = Buffer.allocUnsafe(n);
+      SHARED.copy(copy, 0, 0, n);
+      return dst.write(copy); // false: the destination's 'drain' resumes us
+    }
+    if (up) {
+      dst.write(buf.subarray(0, n), (this.upWritten ??= () => this.privateWriteDone(true)));
+      if (dst.writableLength === 0) return true;
+      this.upHeld = true;
+    } else {
+      dst.write(buf.subarray(0, n), (this.downWritten ??= () => this.privateWriteDone(false)));
+      if (dst.writableLength === 0) return true;
+      this.downHeld = true;
+    }
+    return false;
+  }
+
+  /** A write from a private buffer finished (or was dropped): if it held the buffer, read again. */
+  private privateWriteDone(up: boolean): void {
+    if (up) {
+      if (!this.upHeld || this.upstream === null || this.upstream.writableLength !== 0) return;
+      this.upHeld = false;
+      this.client.resume();
+    } else {
+      if (!this.downHeld || this.client.writableLength !== 0) return;
+      this.downHeld = false;
+      this.upstream?.resume();
+    }
+  }
+
+  /** Which buffer a plain socket reads into next, after a read of n bytes. */
+  nextBuffer(up: boolean, n: number): Buffer {
+    const cur = up ? this.upBuf : this.downBuf;
+    if (cur === null) {
+      if (n < BUSY_READ) return SHARED;
+      const p = leaseReadBuffer();
+      if (p === undefined) return SHARED;
+      if (up) this.upBuf = p;
+      else this.downBuf = p;
+      return p;
+    }
+    if (n >= CALM_READ || (up ? this.upHeld : this.downHeld)) return cur;
+    // Reads turned small: give the buffer back (no write holds it: the last
+    // one finished at once, or we would be held).
+    releaseReadBuffer(cur);
+    if (up) this.upBuf = null;
+    else this.downBuf = null;
+    return SHARED;
+  }
+
   /** One socket closed; the connection ends when both have. */
   sideClosed(): void {
     if (--this.open > 0) return;
+    // Both sockets are closed: nothing reads into or writes from their buffers.
+    if (this.upBuf !== null) releaseReadBuffer(this.upBuf);
+    if (this.downBuf !== null) releaseReadBuffer(this.downBuf);
+    this.upBuf = this.downBuf = null;
     if (this.state === CLOSED) return;
     const wasPiping = this.state === PIPING;
     this.state = CLOSED;
@@ -284,6 +372,41 @@ export class ProxyConnection implements TrackedConnection, PendingConnect {
 function conn(s: Socket): ProxyConnection {
   return (s as Tagged)[kConn];
 }
+
+// The read callbacks of plain sockets (`this` is the socket) and the buffer
+// generator Node calls right after each of them, without a receiver: the
+// callback leaves behind whose read it was.
+let readBy: ProxyConnection | null = null;
+let readUp = false;
+let readBytes = 0;
+
+function onClientRead(this: Socket, n: number, buf: Buffer): boolean {
+  const c = conn(this);
+  const more = c.forward(true, n, buf);
+  readBy = c;
+  readUp = true;
+  readBytes = n;
+  return more;
+}
+
+function onUpstreamRead(this: Socket, n: number, buf: Buffer): boolean {
+  const c = (this as Partial<Tagged>)[kConn];
+  if (c === undefined || c.upstream !== this) return false;
+  const more = c.forward(false, n, buf);
+  readBy = c;
+  readUp = false;
+  readBytes = n;
+  return more;
+}
+
+function nextReadBuffer(): Buffer {
+  const c = readBy;
+  if (c === null) return SHARED; // a new socket's first buffer
+  readBy = null;
+  return c.nextBuffer(readUp, readBytes);
+}
+
+const upstreamOnread = { buffer: nextReadBuffer, callback: onUpstreamRead };
 
 function onClientData(this: Socket, chunk: Buffer): void {
   // Backpressure: stop reading the client while the upstream's buffer is full.
