@@ -35,6 +35,7 @@ import { noop } from 'cockatiel';
 import { Etcd3 } from 'etcd3';
 import { EtcdChaosCluster, freePorts, hexId } from './etcd.mjs';
 import { killAll, runBounded, sampleProc, sleep, spawnTracked } from './procs.mjs';
+import { SHIPPED_NODE_OPTIONS } from '../lib/targets.mjs';
 
 export const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 export const CLI = path.join(REPO, 'dist/cli.js');
@@ -99,7 +100,7 @@ class BallastProc {
   }
 
   async start(timeoutMs = 20_000) {
-    this.child = spawnTracked(this.nodeBin, [CLI, 'run', '--config', this.configFile], { logFile: this.logFile });
+    this.child = spawnTracked(this.nodeBin, [...SHIPPED_NODE_OPTIONS.split(' '), CLI, 'run', '--config', this.configFile], { logFile: this.logFile });
     this.starts++;
     const deadline = Date.now() + timeoutMs;
     while (Date.now() < deadline) {

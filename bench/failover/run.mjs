@@ -24,6 +24,7 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { EtcdChaosCluster, freePorts } from '../chaos/etcd.mjs';
 import { killAll, runBounded, sleep, spawnTracked } from '../chaos/procs.mjs';
+import { SHIPPED_NODE_OPTIONS } from '../lib/targets.mjs';
 import { GrpcChannel, nowMs } from './grpc.mjs';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
@@ -324,7 +325,7 @@ class BallastProxy extends ProxyTarget {
     Object.assign(this, { adminPort, configFile, logFile });
   }
   async start() {
-    this.child = spawnTracked(BALLAST_NODE, [CLI, 'run', '--config', this.configFile], { logFile: this.logFile });
+    this.child = spawnTracked(BALLAST_NODE, [...SHIPPED_NODE_OPTIONS.split(' '), CLI, 'run', '--config', this.configFile], { logFile: this.logFile });
     const deadline = Date.now() + 20_000;
     while (Date.now() < deadline) {
       if (this.child.exitInfo) throw new Error(`ballast exited at start; see ${this.logFile}`);

