@@ -1,5 +1,6 @@
 import { AggregatorRegistry, collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { Ballast } from '../ballast.js';
+import { readBufferStats } from '../listener/read-buffers.js';
 import { VERSION } from '../version.js';
 
 // Every metric ballast exports, declared once (Envoy's ALL_*_STATS habit), so
@@ -29,6 +30,7 @@ export const METRICS = {
   affinityMoves: { name: 'ballast_affinity_moves_total', help: 'Clients moved to another member, by reason: member_down, member_removed, rebalance.', labels: ['cluster', 'reason'] },
   affinityBehind: { name: 'ballast_affinity_behind_moves_total', help: 'Moves that had to land on a member behind the one left (no caught-up member was healthy).', labels: ['cluster'] },
   affinityPlacements: { name: 'ballast_affinity_placements', help: 'Clients with a remembered placement.', labels: ['cluster'] },
+  readBuffers: { name: 'ballast_read_buffers', help: 'Private 256 KiB read buffers of plain sockets: leased (to a socket in a bulk transfer) or free (kept for reuse); at most 256 exist.', labels: ['state'] },
   tlsHandshakeFailures: { name: 'ballast_tls_handshake_failures_total', help: 'Refused TLS clients by reason (handshake or authorization).', labels: ['listener', 'reason'] },
   tlsExpiry: { name: 'ballast_tls_certificate_expiry_seconds', help: 'Seconds until the earliest certificate of the profile expires.', labels: ['profile'] },
   tlsReloads: { name: 'ballast_tls_reloads_total', help: 'Certificate rotations by result.', labels: ['profile', 'result'] },
@@ -50,7 +52,7 @@ export type MetricKey = keyof typeof METRICS;
  * checks, discovery, certificates, backups) once.
  */
 export const DATA_PLANE_METRICS: ReadonlySet<string> = new Set(
-  (['listenerConnections', 'listenerActive', 'listenerHandshaking', 'upstreamActive', 'upstreamConnections', 'upstreamConnectDuration', 'upstreamBytes', 'clusterPanicRoutes', 'affinityMoves', 'affinityBehind', 'affinityPlacements', 'tlsHandshakeFailures'] as const).map((k) => METRICS[k].name),
+  (['listenerConnections', 'listenerActive', 'listenerHandshaking', 'upstreamActive', 'upstreamConnections', 'upstreamConnectDuration', 'upstreamBytes', 'clusterPanicRoutes', 'affinityMoves', 'affinityBehind', 'affinityPlacements', 'readBuffers', 'tlsHandshakeFailures'] as const).map((k) => METRICS[k].name),
 );
 
 /** prom-client's process and Node.js metrics. */
@@ -121,6 +123,11 @@ export class Metrics {
     );
     counter('affinityBehind', (c) => b().clusters.forEach((cl) => cl.affinity && c.inc({ cluster: cl.name }, cl.affinity.behindMoves)));
     gauge('affinityPlacements', (g) => b().clusters.forEach((cl) => cl.affinity && g.set({ cluster: cl.name }, cl.affinity.placementCount)));
+    gauge('readBuffers', (g) => {
+      const s = readBufferStats();
+      g.set({ state: 'leased' }, s.leased);
+      g.set({ state: 'free' }, s.free);
+    });
     counter('tlsHandshakeFailures', (c) => {
       for (const l of b().listeners.values()) for (const [reason, n] of l.tlsFailures) c.inc({ listener: l.name, reason }, n);
     });
