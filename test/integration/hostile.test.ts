@@ -1,4 +1,4 @@
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import crypto from 'node:crypto';
 import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
@@ -128,6 +128,25 @@ async function startLimited(configFile: string, nofile: number, adminPort: numbe
 
 function fdCount(pid: number): number {
   return readdirSync(`/proc/${pid}/fd`).length;
+}
+
+function openFds(pid: number): number[] {
+  return readdirSync(`/proc/${pid}/fd`).map(Number).sort((a, b) => a - b);
+}
+
+/** The n lowest descriptor numbers not in use. */
+function freeFdNumbers(open: number[], n: number): number[] {
+  const used = new Set(open);
+  const out: number[] = [];
+  for (let fd = 0; out.length < n; fd++) if (!used.has(fd)) out.push(fd);
+  return out;
+}
+
+/** Writes text on a plain socket and waits for its echo. */
+async function echoesPlain(s: net.Socket, text: string): Promise<void> {
+  s.write(text);
+  const got = await readUntil(s, (b) => b.toString() === text, 3000);
+  expect(got.toString()).toBe(text);
 }
 
 function rssKiB(pid: number): number {
@@ -709,6 +728,86 @@ clusters:
       failedChecks: metrics.filter((s) => s.name === 'ballast_upstream_health_checks_total' && !['ok', 'inconclusive', 'local_error'].includes(s.labels.result!)).reduce((n, s) => n + s.value, 0),
     };
     expect(blame).toEqual({ down: 0, ejected: 0, failures: 0, failedChecks: 0 });
+  });
+});
+
+describe('out of file descriptors when connecting upstream (EMFILE on connect)', () => {
+  it('closes that client at once, counts local_error, blames no endpoint, and serves the next client once descriptors are back', async () => {
+    // The listener's own budget cannot see this coming: the limit is lowered
+    // under a running ballast (prlimit on its PID) so that accepting the client
+    // takes the last descriptor and the upstream socket finds none.
+    const echo = await startEchoServer();
+    const [port, admin] = (await freePorts(2)) as [number, number];
+    const file = writeConfig(
+      dir,
+      `
+admin: { listen: 127.0.0.1:${admin} }
+log: { level: warn }
+listeners:
+  - { name: front, listen: 127.0.0.1:${port}, cluster: back }
+clusters:
+  - { name: back, endpoints: [127.0.0.1:${echo.port}], health: { check: none } }
+`,
+      'emfile-connect.yaml',
+    );
+    const HARD = 1024;
+    const b = await startLimited(file, HARD, admin);
+    try {
+      // One exchange first, so everything ballast opens lazily is open.
+      const warm = await connect(port);
+      await echoesPlain(warm, 'warm');
+      warm.destroy();
+      await eventually(async () => sum(await scrape(admin), 'ballast_listener_active_connections') === 0, 'warm-up connection released');
+      // New descriptors take the lowest free numbers: the client's gets the
+      // first, the upstream socket would get the second. A soft limit equal
+      // to that second number lets the accept through and fails the connect.
+      // A descriptor ballast closes meanwhile (an idle admin keep-alive) makes
+      // room for both, and the client is proxied: then try again.
+      let refused = false;
+      for (let attempt = 0; attempt < 5 && !refused; attempt++) {
+        const [, second] = freeFdNumbers(openFds(b.pid), 2);
+        execFileSync('prlimit', ['--pid', String(b.pid), `--nofile=${second}:${HARD}`]);
+        try {
+          const s = await connect(port);
+          s.on('error', () => undefined);
+          s.write('probe');
+          // Echoed (proxied: the connect found a descriptor), closed by ballast
+          // (a FIN or a reset), or neither: hanging is the failure.
+          const outcome = await new Promise<'proxied' | 'closed' | 'hung'>((resolve) => {
+            let got = '';
+            const timer = setTimeout(() => resolve('hung'), 3000);
+            const done = (o: 'proxied' | 'closed') => {
+              clearTimeout(timer);
+              resolve(o);
+            };
+            s.on('data', (d: Buffer) => {
+              got += d.toString();
+              if (got === 'probe') done('proxied');
+            });
+            for (const ev of ['end', 'close', 'error']) s.once(ev, () => done('closed'));
+          });
+          expect(outcome).not.toBe('hung');
+          refused = outcome === 'closed';
+          s.destroy();
+        } finally {
+          execFileSync('prlimit', ['--pid', String(b.pid), `--nofile=${HARD}:${HARD}`]);
+        }
+      }
+      expect(refused).toBe(true);
+      const m = await scrape(admin);
+      expect(sum(m, 'ballast_listener_connections_total', { result: 'local_error' })).toBe(1);
+      expect(sum(m, 'ballast_listener_connections_total', { result: 'connect_failed' })).toBe(0);
+      expect(sum(m, 'ballast_upstream_failures_total')).toBe(0);
+      expect(sum(m, 'ballast_upstream_ejections_total')).toBe(0);
+      expect(b.out()).toContain('out of file descriptors connecting upstream');
+      // Descriptors are back: the next client is served.
+      const next = await connect(port);
+      await echoesPlain(next, 'after');
+      next.destroy();
+    } finally {
+      await b.stop();
+      await echo.close();
+    }
   });
 });
 
