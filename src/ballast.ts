@@ -2,6 +2,7 @@ import type { Logger } from 'pino';
 import type { BackupStats } from './backup/stats.js';
 import { systemClock, type Clock } from './clock.js';
 import { loadConfigFile, type ClusterConfig, type Config, type ConfigError, type ListenerConfig } from './config/load.js';
+import type { BackupConfig } from './config/schema.js';
 import { calibrate } from './listener/fd-budget.js';
 import { Listener, type ListenerHooks } from './listener/listener.js';
 import type { OriginTls } from './listener/proxy-connection.js';
@@ -338,6 +339,33 @@ export class Ballast {
     }
     if (prev.log.level !== next.log.level) this.log.level = next.log.level;
     this.config = next;
+    // The backup schedule lives with the health checks: in the primary, not in workers.
+    if (this.role !== 'data' && JSON.stringify(prev.backup) !== JSON.stringify(next.backup)) await this.applyBackup(next.backup);
+  }
+
+  /**
+   * Start, replace or stop the backup schedule (at start, and on a reload
+   * that changes `backup`). A replaced schedule stops first, aborting a
+   * snapshot or drill in flight (its partial file is removed, as on any
+   * abort); its counters and last results carry over, so /metrics does not
+   * go back to "never backed up".
+   */
+  async applyBackup(cfg: BackupConfig | undefined): Promise<void> {
+    const prev = this.backup;
+    this.backup = undefined;
+    await prev?.stop();
+    if (cfg === undefined) {
+      if (prev) this.log.info('backups stopped: the config has no backup section any more');
+      return;
+    }
+    const { BackupScheduler } = await import('./backup/backup-scheduler.js');
+    const next = BackupScheduler.fromConfig(this, cfg, this.log);
+    if (next && prev) {
+      const from = prev.stats as unknown as Record<string, unknown>;
+      const to = next.stats as unknown as Record<string, unknown>;
+      for (const [k, v] of Object.entries(from)) to[k] = v instanceof Map ? new Map(v) : typeof v === 'object' && v !== null ? { ...v } : v;
+    }
+    this.backup = next;
   }
 
   // --- shutdown -------------------------------------------------------------

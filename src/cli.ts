@@ -163,11 +163,8 @@ async function run(args: string[]): Promise<number> {
     return 1;
   }
   log.info({ version: VERSION, config: path, admin: config.admin.enabled ? config.admin.listen.text : null, pid: process.pid }, `ballast ${VERSION} started`);
-  if (config.backup) {
-    // In the primary only (workers go through runWorker): backups live with the health checks.
-    const { BackupScheduler } = await import('./backup/backup-scheduler.js');
-    ballast.backup = BackupScheduler.fromConfig(ballast, config.backup, log);
-  }
+  // In the primary only (workers go through runWorker): backups live with the health checks.
+  await ballast.applyBackup(config.backup);
 
   // Reload on SIGHUP and when the config file changes (ConfigMap updates swap a symlink in its directory).
   let reloading = Promise.resolve(true);

@@ -18,6 +18,7 @@ import { BackupScheduler } from '../../src/backup/backup-scheduler.js';
 import { restoreDrill } from '../../src/backup/restore-drill.js';
 import { SNAPSHOT_NAME, verifySnapshotHash } from '../../src/backup/snapshot-file.js';
 import { BackupError, Snapshotter, type SnapshotterOptions } from '../../src/backup/snapshotter.js';
+import { parseConfig } from '../../src/config/load.js';
 import { memoryLogger, REPO, runCliToEnd, startInProcess, writeConfig, type InProcess } from '../support/ballast.js';
 import { EtcdCluster } from '../support/etcd-cluster.js';
 import { makePki, type Pki } from '../support/pki.js';
@@ -147,6 +148,44 @@ backup:
     await new Promise((r) => setTimeout(r, 2_200)); // longer than the 2s interval
     expect(await listDir(path.join(dir, 'scheduled'))).toEqual(before);
     expect(before.filter((n) => SNAPSHOT_NAME.test(n)).length).toBeLessThanOrEqual(3);
+  });
+
+  it('a reload that changes the backup section replaces the schedule (counters carry over); one that removes it stops backups', async () => {
+    const yaml = (backup: string) => `
+listeners:
+  - { name: etcd, listen: 127.0.0.1:${port}, cluster: etcd }
+clusters:
+  - name: etcd
+    endpoints: [${etcd.members.map((m) => m.clientUrl).join(', ')}]
+    health: { check: etcd }
+${backup}`;
+    // The first schedule snapshots every 2 s, so a schedule that failed to stop would show.
+    const first = parseConfig(yaml(`backup: { cluster: etcd, dir: ${path.join(dir, 'reload-a')}, interval: 2s, keep: 5 }`));
+    await proxy.ballast.reload(first);
+    try {
+      const a = proxy.ballast.backup as BackupScheduler;
+      expect(a.cfg.dir).toBe(path.join(dir, 'reload-a'));
+      // The first snapshot comes once members are checked (they are), not after the hour.
+      await eventually(() => a.stats.lastSuccessAt !== undefined, 'a snapshot in reload-a', 30_000, 100);
+      const okBefore = a.stats.lastSuccessAt!;
+      // A changed backup section: a new schedule, into the new directory.
+      await proxy.ballast.reload(parseConfig(yaml(`backup: { cluster: etcd, dir: ${path.join(dir, 'reload-b')}, interval: 1h, keep: 2 }`)));
+      const b = proxy.ballast.backup as BackupScheduler;
+      expect(b).not.toBe(a);
+      expect(b.cfg.dir).toBe(path.join(dir, 'reload-b'));
+      expect(b.stats.lastSuccessAt).toBe(okBefore); // carried over, not reset to "never"
+      await eventually(async () => (await listDir(path.join(dir, 'reload-b')).catch(() => [])).some((n) => SNAPSHOT_NAME.test(n)), 'a snapshot in reload-b', 30_000, 100);
+      expect(b.stats.lastSuccessAt!).toBeGreaterThan(okBefore);
+      // The old schedule is stopped: nothing more lands in reload-a.
+      const inA = await listDir(path.join(dir, 'reload-a'));
+      await new Promise((r) => setTimeout(r, 2_500)); // longer than its 2 s interval
+      expect(await listDir(path.join(dir, 'reload-a'))).toEqual(inA);
+      // No backup section: backups stop.
+      await proxy.ballast.reload(parseConfig(yaml('')));
+      expect(proxy.ballast.backup).toBeUndefined();
+    } finally {
+      await proxy.ballast.applyBackup(undefined);
+    }
   });
 
   it('keep prunes the oldest snapshots and never touches a foreign file', async () => {
