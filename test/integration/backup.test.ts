@@ -174,8 +174,10 @@ ${backup}`;
       expect(b).not.toBe(a);
       expect(b.cfg.dir).toBe(path.join(dir, 'reload-b'));
       expect(b.stats.lastSuccessAt).toBe(okBefore); // carried over, not reset to "never"
-      await eventually(async () => (await listDir(path.join(dir, 'reload-b')).catch(() => [])).some((n) => SNAPSHOT_NAME.test(n)), 'a snapshot in reload-b', 30_000, 100);
-      expect(b.stats.lastSuccessAt!).toBeGreaterThan(okBefore);
+      // The file is in place a moment before its verification is counted: wait for the count.
+      await eventually(() => (b.stats.lastSuccessAt ?? 0) > okBefore, 'a verified snapshot by the new schedule', 30_000, 100);
+      expect(path.dirname(b.stats.lastFile!)).toBe(path.join(dir, 'reload-b'));
+      expect((await listDir(path.join(dir, 'reload-b'))).filter((n) => SNAPSHOT_NAME.test(n))).toContain(path.basename(b.stats.lastFile!));
       // The old schedule is stopped: nothing more lands in reload-a.
       const inA = await listDir(path.join(dir, 'reload-a'));
       await new Promise((r) => setTimeout(r, 2_500)); // longer than its 2 s interval

@@ -350,7 +350,17 @@ export class EtcdCluster {
 
   /** Creates members[i] with fresh ports (and its relay when partitionable). */
   async #allocateMember(i: number): Promise<EtcdMember> {
-    const [clientPort, peerListenPort] = (await freePorts(2, this.host)) as [number, number];
+    // Members are allocated one after another and nothing listens on their
+    // ports until all are spawned, so the kernel may hand an earlier member's
+    // port out again (once: "initial cluster … has duplicate url"). Skip those.
+    const taken = new Set(this.members.filter((m) => m !== undefined).flatMap((m) => [m.clientPort, m.peerPort, m.peerListenPort]));
+    let clientPort = 0;
+    let peerListenPort = 0;
+    for (let tries = 0; ; tries++) {
+      [clientPort, peerListenPort] = (await freePorts(2, this.host)) as [number, number];
+      if (!taken.has(clientPort) && !taken.has(peerListenPort)) break;
+      if (tries >= 20) throw new Error(`EtcdCluster: no ports distinct from the other members' after ${tries + 1} tries`);
+    }
     let peerPort = peerListenPort;
     if (this.options.partitionable) {
       const relay = new TcpRelay(0, this.host, peerListenPort, {
