@@ -148,6 +148,16 @@ describe('affinity by client identity', () => {
       const cluster = proxy.ballast.clusters.get('etcd')!;
       await eventually(() => cluster.endpoints.some((e) => e.state === 'down' || e.state === 'ejected'), 'killed member out of rotation');
       const survivors = etcd.members.filter((_, j) => j !== victim).map((m) => m.clientUrl.replace('https://', ''));
+      // A moved client goes to its next-ranked member only if that member's
+      // last sample shows it caught up; otherwise to one that is (the forward
+      // rule, unit-tested in rendezvous.test.ts). A new leader's first entry
+      // can reach the survivors' samples one check apart, so wait until their
+      // samples agree and are not behind the victim's: then rank alone decides.
+      const victimEndpoint = cluster.endpoints.find((e) => e.id === etcd.members[victim]!.clientUrl.replace('https://', ''))!;
+      await eventually(() => {
+        const idx = cluster.endpoints.filter((e) => survivors.includes(e.id)).map((e) => e.lastRaftIndex);
+        return new Set(idx).size === 1 && idx[0]! >= victimEndpoint.lastRaftIndex;
+      }, 'survivors sampled at the same applied index');
       const next = predicted(survivors);
       const idToEndpoint = (hex: string) => etcd.members[ids.get(hex)!]!.clientUrl.replace('https://', '');
       for (let i = 0; i < IDENTITIES; i++) {
