@@ -143,26 +143,44 @@ describe('affinity by client identity', () => {
     for (let i = 0; i < IDENTITIES; i++) before.push(await memberOf(i));
     const victimHex = before[0]!;
     const victim = ids.get(victimHex)!;
+    const cluster = proxy.ballast.clusters.get('etcd')!;
+    const urlOf = (j: number) => etcd.members[j]!.clientUrl.replace('https://', '');
+    const victimEndpoint = cluster.endpoints.find((e) => e.id === urlOf(victim))!;
+    // Its last sample before the fault: was it the leader, and in which term?
+    const victimWasLeader = victimEndpoint.etcd !== undefined && victimEndpoint.etcd.leaderId === victimEndpoint.etcd.memberId;
+    const victimTerm = victimEndpoint.etcd?.raftTerm ?? 0;
     await etcd.kill(victim);
     try {
-      const cluster = proxy.ballast.clusters.get('etcd')!;
       await eventually(() => cluster.endpoints.some((e) => e.state === 'down' || e.state === 'ejected'), 'killed member out of rotation');
       const survivors = etcd.members.filter((_, j) => j !== victim).map((m) => m.clientUrl.replace('https://', ''));
       // A moved client goes to its next-ranked member only if that member's
       // last sample shows it caught up; otherwise to one that is (the forward
-      // rule, unit-tested in rendezvous.test.ts). A new leader's first entry
-      // can reach the survivors' samples one check apart, so wait until their
-      // samples agree and are not behind the victim's: then rank alone decides.
-      const victimEndpoint = cluster.endpoints.find((e) => e.id === etcd.members[victim]!.clientUrl.replace('https://', ''))!;
+      // rule, unit-tested in rendezvous.test.ts). When the victim was the
+      // leader, the new leader's first entry reaches the survivors' samples
+      // one check apart. So first wait until both survivors name the same
+      // leader (a new one, in a later term, if the victim led), at the same
+      // applied index, unchanged for a second: then rank alone decides.
+      const survivorEndpoints = cluster.endpoints.filter((e) => survivors.includes(e.id));
+      const sampleOf = (e: (typeof survivorEndpoints)[number]) => (e.etcd ? `${e.etcd.leaderId}/${e.etcd.raftTerm}/${e.lastRaftIndex}` : 'none');
+      let seen = '';
+      let since = Date.now();
       await eventually(() => {
-        const idx = cluster.endpoints.filter((e) => survivors.includes(e.id)).map((e) => e.lastRaftIndex);
-        return new Set(idx).size === 1 && idx[0]! >= victimEndpoint.lastRaftIndex;
-      }, 'survivors sampled at the same applied index');
+        const now = survivorEndpoints.map(sampleOf).join(' ');
+        if (now !== seen) {
+          seen = now;
+          since = Date.now();
+        }
+        const [a, b] = survivorEndpoints.map((e) => e.etcd);
+        if (!a || !b || sampleOf(survivorEndpoints[0]!) !== sampleOf(survivorEndpoints[1]!)) return false;
+        if (victimWasLeader && (a.leaderId === victimEndpoint.etcd?.memberId || a.raftTerm <= victimTerm)) return false;
+        return survivorEndpoints[0]!.lastRaftIndex >= victimEndpoint.lastRaftIndex && Date.now() - since >= 1000;
+      }, 'survivors agree on a leader and an applied index for a second', 20_000, 50);
+      const describe = () => cluster.endpoints.map((e) => `${e.id} ${e.state} ${sampleOf(e)}`).join('; ');
       const next = predicted(survivors);
       const idToEndpoint = (hex: string) => etcd.members[ids.get(hex)!]!.clientUrl.replace('https://', '');
       for (let i = 0; i < IDENTITIES; i++) {
         const now = await memberOf(i);
-        if (before[i] === victimHex) expect(idToEndpoint(now), `identity ${i} moved to its next-ranked member`).toBe(next(i));
+        if (before[i] === victimHex) expect(idToEndpoint(now), `identity ${i} moved to its next-ranked member (${describe()})`).toBe(next(i));
         else expect(now, `identity ${i} did not move`).toBe(before[i]);
       }
       expect(cluster.affinity!.moves.get('member_down')).toBeGreaterThan(0);
