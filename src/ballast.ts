@@ -360,11 +360,7 @@ export class Ballast {
     }
     const { BackupScheduler } = await import('./backup/backup-scheduler.js');
     const next = BackupScheduler.fromConfig(this, cfg, this.log);
-    if (next && prev) {
-      const from = prev.stats as unknown as Record<string, unknown>;
-      const to = next.stats as unknown as Record<string, unknown>;
-      for (const [k, v] of Object.entries(from)) to[k] = v instanceof Map ? new Map(v) : typeof v === 'object' && v !== null ? { ...v } : v;
-    }
+    if (next && prev) next.continueFrom(prev.stats);
     this.backup = next;
   }
 

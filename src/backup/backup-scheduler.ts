@@ -234,6 +234,12 @@ export class BackupScheduler implements BackupRunner {
     return this.drilling;
   }
 
+  /** Carry a replaced schedule's counters and last results (a reload changed `backup`). */
+  continueFrom(prev: BackupStats): void {
+    const drills = (prev as Partial<BackupSchedulerStats>).drills;
+    Object.assign(this.stats, prev, { failures: new Map(prev.failures), drills: drills ? { ...drills } : this.stats.drills });
+  }
+
   async stop(): Promise<void> {
     if (this.stopped) return;
     this.stopped = true;

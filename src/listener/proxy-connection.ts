@@ -5,7 +5,7 @@ import { connect as tlsConnect, type SecureContext, type TLSSocket } from 'node:
 import type { Cluster } from '../upstream/cluster.js';
 import type { PickContext } from '../upstream/balancer/balancer.js';
 import type { ConnectOutcome, Endpoint, PendingConnect, TrackedConnection } from '../upstream/endpoint.js';
-import { adoptAcceptedSocket, BUSY_READ, CALM_READ, leaseReadBuffer, releaseReadBuffer, SHARED } from './read-buffers.js';
+import { adoptAcceptedSocket, BUSY_READ, CALM_READ, leaseReadBuffer, ReadLease, releaseReadBuffer, SHARED } from './read-buffers.js';
 
 // The hot path: one client connection, its upstream, and the bytes between
 // them. Handlers are module-level functions that find their connection
@@ -76,14 +76,8 @@ export class ProxyConnection implements TrackedConnection, PendingConnect {
   /** The client socket reads into read-buffers (adopted at accept), not through 'data'. */
   private readonly clientUserReads: boolean;
   /** Private read buffers of the client (bytes going up) and the upstream (going down); null while on SHARED. */
-  private upBuf: Buffer | null = null;
-  private downBuf: Buffer | null = null;
-  /** A private buffer's bytes are still in a write, and its socket is not reading. */
-  private upHeld = false;
-  private downHeld = false;
-  /** Write callbacks of the private-buffer path, made the first time a direction goes private. */
-  private upWritten: (() => void) | undefined;
-  private downWritten: (() => void) | undefined;
+  private upLease: ReadLease | null = null;
+  private downLease: ReadLease | null = null;
 
   constructor(
     readonly client: Socket | TLSSocket,
@@ -309,48 +303,40 @@ export class ProxyConnection implements TrackedConnection, PendingConnect {
       SHARED.copy(copy, 0, 0, n);
       return dst.write(copy); // false: the destination's 'drain' resumes us
     }
-    if (up) {
-      dst.write(buf.subarray(0, n), (this.upWritten ??= () => this.privateWriteDone(true)));
-      if (dst.writableLength === 0) return true;
-      this.upHeld = true;
-    } else {
-      dst.write(buf.subarray(0, n), (this.downWritten ??= () => this.privateWriteDone(false)));
-      if (dst.writableLength === 0) return true;
-      this.downHeld = true;
-    }
+    const lease = (up ? this.upLease : this.downLease)!;
+    dst.write(buf.subarray(0, n), lease.written);
+    if (dst.writableLength === 0) return true;
+    lease.held = true;
     return false;
   }
 
   /** A write from a private buffer finished (or was dropped): if it held the buffer, read again. */
   private privateWriteDone(up: boolean): void {
-    if (up) {
-      if (!this.upHeld || this.upstream === null || this.upstream.writableLength !== 0) return;
-      this.upHeld = false;
-      this.client.resume();
-    } else {
-      if (!this.downHeld || this.client.writableLength !== 0) return;
-      this.downHeld = false;
-      this.upstream?.resume();
-    }
+    const lease = up ? this.upLease : this.downLease;
+    const dst = up ? this.upstream : this.client;
+    if (lease === null || !lease.held || dst === null || dst.writableLength !== 0) return;
+    lease.held = false;
+    (up ? this.client : this.upstream)?.resume();
   }
 
   /** Which buffer a plain socket reads into next, after a read of n bytes. */
   nextBuffer(up: boolean, n: number): Buffer {
-    const cur = up ? this.upBuf : this.downBuf;
-    if (cur === null) {
+    const lease = up ? this.upLease : this.downLease;
+    if (lease === null) {
       if (n < BUSY_READ) return SHARED;
       const p = leaseReadBuffer();
       if (p === undefined) return SHARED;
-      if (up) this.upBuf = p;
-      else this.downBuf = p;
+      const l = new ReadLease(p, up ? () => this.privateWriteDone(true) : () => this.privateWriteDone(false));
+      if (up) this.upLease = l;
+      else this.downLease = l;
       return p;
     }
-    if (n >= CALM_READ || (up ? this.upHeld : this.downHeld)) return cur;
+    if (n >= CALM_READ || lease.held) return lease.buf;
     // Reads turned small: give the buffer back (no write holds it: the last
     // one finished at once, or we would be held).
-    releaseReadBuffer(cur);
-    if (up) this.upBuf = null;
-    else this.downBuf = null;
+    releaseReadBuffer(lease.buf);
+    if (up) this.upLease = null;
+    else this.downLease = null;
     return SHARED;
   }
 
@@ -358,9 +344,9 @@ export class ProxyConnection implements TrackedConnection, PendingConnect {
   sideClosed(): void {
     if (--this.open > 0) return;
     // Both sockets are closed: nothing reads into or writes from their buffers.
-    if (this.upBuf !== null) releaseReadBuffer(this.upBuf);
-    if (this.downBuf !== null) releaseReadBuffer(this.downBuf);
-    this.upBuf = this.downBuf = null;
+    if (this.upLease !== null) releaseReadBuffer(this.upLease.buf);
+    if (this.downLease !== null) releaseReadBuffer(this.downLease.buf);
+    this.upLease = this.downLease = null;
     if (this.state === CLOSED) return;
     const wasPiping = this.state === PIPING;
     this.state = CLOSED;

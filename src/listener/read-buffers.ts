@@ -68,6 +68,20 @@ export function limitPrivateReadBuffers(n: number): number {
   return old;
 }
 
+/**
+ * One direction of a connection on a private buffer: the buffer, whether a
+ * write that does not finish at once still holds it (its socket is then not
+ * reading), and the write callback that lets it read again. Made when the
+ * direction leases a buffer, not per chunk.
+ */
+export class ReadLease {
+  held = false;
+  constructor(
+    readonly buf: Buffer,
+    readonly written: () => void,
+  ) {}
+}
+
 /** For metrics and tests: private buffers leased to sockets now, and kept free. */
 export function readBufferStats(): { leased: number; free: number } {
   return { leased, free: free.length };

@@ -68,25 +68,29 @@ describe('plain etcd: scheduler, keep, concurrency, failures mid-stream, corrupt
   let proxy: InProcess;
   let port: number;
   const cluster = () => proxy.ballast.clusters.get('etcd')!;
-
-  beforeAll(async () => {
-    dir = await makeTempDir();
-    etcd = await EtcdCluster.start({ size: 3 });
-    port = await freePort();
-    proxy = await startInProcess(`
+  /** The proxy's config, with `backup` as given (YAML, or empty for none). */
+  const configWith = (backup: string) => `
 listeners:
   - { name: etcd, listen: 127.0.0.1:${port}, cluster: etcd }
 clusters:
   - name: etcd
     endpoints: [${etcd.members.map((m) => m.clientUrl).join(', ')}]
     health: { check: etcd }
-backup:
+${backup}`;
+
+  beforeAll(async () => {
+    dir = await makeTempDir();
+    etcd = await EtcdCluster.start({ size: 3 });
+    port = await freePort();
+    proxy = await startInProcess(
+      configWith(`backup:
   cluster: etcd
   dir: ${path.join(dir, 'scheduled')}
   interval: 2s
   keep: 3
   drillInterval: 1500ms
-`);
+`),
+    );
     await eventually(() => cluster().endpoints.every((e) => e.state === 'up'), 'members up');
   });
 
@@ -151,16 +155,8 @@ backup:
   });
 
   it('a reload that changes the backup section replaces the schedule (counters carry over); one that removes it stops backups', async () => {
-    const yaml = (backup: string) => `
-listeners:
-  - { name: etcd, listen: 127.0.0.1:${port}, cluster: etcd }
-clusters:
-  - name: etcd
-    endpoints: [${etcd.members.map((m) => m.clientUrl).join(', ')}]
-    health: { check: etcd }
-${backup}`;
     // The first schedule snapshots every 2 s, so a schedule that failed to stop would show.
-    const first = parseConfig(yaml(`backup: { cluster: etcd, dir: ${path.join(dir, 'reload-a')}, interval: 2s, keep: 5 }`));
+    const first = parseConfig(configWith(`backup: { cluster: etcd, dir: ${path.join(dir, 'reload-a')}, interval: 2s, keep: 5 }`));
     await proxy.ballast.reload(first);
     try {
       const a = proxy.ballast.backup as BackupScheduler;
@@ -169,7 +165,7 @@ ${backup}`;
       await eventually(() => a.stats.lastSuccessAt !== undefined, 'a snapshot in reload-a', 30_000, 100);
       const okBefore = a.stats.lastSuccessAt!;
       // A changed backup section: a new schedule, into the new directory.
-      await proxy.ballast.reload(parseConfig(yaml(`backup: { cluster: etcd, dir: ${path.join(dir, 'reload-b')}, interval: 1h, keep: 2 }`)));
+      await proxy.ballast.reload(parseConfig(configWith(`backup: { cluster: etcd, dir: ${path.join(dir, 'reload-b')}, interval: 1h, keep: 2 }`)));
       const b = proxy.ballast.backup as BackupScheduler;
       expect(b).not.toBe(a);
       expect(b.cfg.dir).toBe(path.join(dir, 'reload-b'));
@@ -183,7 +179,7 @@ ${backup}`;
       await new Promise((r) => setTimeout(r, 2_500)); // longer than its 2 s interval
       expect(await listDir(path.join(dir, 'reload-a'))).toEqual(inA);
       // No backup section: backups stop.
-      await proxy.ballast.reload(parseConfig(yaml('')));
+      await proxy.ballast.reload(parseConfig(configWith('')));
       expect(proxy.ballast.backup).toBeUndefined();
     } finally {
       await proxy.ballast.applyBackup(undefined);
