@@ -150,8 +150,9 @@ await Promise.all(Array.from({ length: conc }, async () => {
   }
 }));
 c.close();
-process.stdout.write(JSON.stringify(ops) + '\\n');
-process.exit(0);
+// A pipe write is asynchronous: exit only once it is flushed, or the parent
+// reads a truncated array.
+process.stdout.write(JSON.stringify(ops) + '\\n', () => process.exit(0));
 `;
 
 function runLoader(port, seconds) {
@@ -162,7 +163,8 @@ function runLoader(port, seconds) {
     child.stdout.on('data', (d) => (out += d));
     child.stderr.on('data', (d) => (err += d));
     const timer = setTimeout(() => child.kill('SIGKILL'), (seconds + 20) * 1000);
-    child.once('exit', (code) => {
+    // 'close', not 'exit': 'exit' can come before the last of stdout is read.
+    child.once('close', (code) => {
       clearTimeout(timer);
       if (code !== 0) return reject(new Error(`loader exited ${code}: ${err.slice(-500)}`));
       resolve(JSON.parse(out));

