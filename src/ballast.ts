@@ -34,6 +34,8 @@ export type SocketSharing = 'exclusive' | 'reuseport' | 'shared';
 
 export interface BackupRunner {
   readonly stats: BackupStats;
+  /** Restore drills run on a schedule (backup.drillInterval > 0). */
+  readonly drillsScheduled: boolean;
   stop(): Promise<void> | void;
 }
 

@@ -1,6 +1,10 @@
 import { AggregatorRegistry, collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { Ballast } from '../ballast.js';
+import { BACKUP_FAILURE_REASONS } from '../backup/snapshot-file.js';
+import { CONNECTION_RESULTS } from '../listener/listener.js';
 import { readBufferStats } from '../listener/read-buffers.js';
+import { TLS_REFUSAL_REASONS } from '../tls/tls-profile.js';
+import { CONNECT_OUTCOMES } from '../upstream/endpoint.js';
 import { VERSION } from '../version.js';
 
 // Every metric ballast exports, declared once (Envoy's ALL_*_STATS habit), so
@@ -37,14 +41,16 @@ export const METRICS = {
   configReloads: { name: 'ballast_config_reloads_total', help: 'Config reloads by result, and for failures the reason: yaml, schema, tls_material, listen, restart_required, io.', labels: ['result', 'reason'] },
   discoverySyncs: { name: 'ballast_discovery_syncs_total', help: 'etcd member list syncs by result.', labels: ['cluster', 'result'] },
   discoveryMembers: { name: 'ballast_discovery_members', help: 'Members in the last etcd member list.', labels: ['cluster'] },
-  backupLastSuccess: { name: 'ballast_backup_last_success_timestamp_seconds', help: 'Unix time of the newest verified snapshot.', labels: [] },
+  backupLastSuccess: { name: 'ballast_backup_last_success_timestamp_seconds', help: 'Unix time of the newest verified snapshot this process took; 0 until the first.', labels: [] },
   backupDuration: { name: 'ballast_backup_duration_seconds', help: 'Duration of the last snapshot attempt.', labels: [] },
   backupSize: { name: 'ballast_backup_size_bytes', help: 'Size of the newest verified snapshot.', labels: [] },
   backupFailures: { name: 'ballast_backup_failures_total', help: 'Failed snapshot attempts by reason.', labels: ['reason'] },
-  drillLastSuccess: { name: 'ballast_restore_drill_last_success_timestamp_seconds', help: 'Unix time of the last successful restore drill.', labels: [] },
+  drillLastSuccess: { name: 'ballast_restore_drill_last_success_timestamp_seconds', help: 'Unix time of the last successful restore drill of this process; 0 until the first (exported when drills are scheduled).', labels: [] },
 } as const;
 
 export type MetricKey = keyof typeof METRICS;
+
+const TLS_REFUSAL_REASON_SET: ReadonlySet<string> = new Set(TLS_REFUSAL_REASONS);
 
 /**
  * Metrics the data path produces. With workers, each worker reports these and
@@ -54,6 +60,13 @@ export type MetricKey = keyof typeof METRICS;
 export const DATA_PLANE_METRICS: ReadonlySet<string> = new Set(
   (['listenerConnections', 'listenerActive', 'listenerHandshaking', 'upstreamActive', 'upstreamConnections', 'upstreamConnectDuration', 'upstreamBytes', 'clusterPanicRoutes', 'affinityMoves', 'affinityBehind', 'affinityPlacements', 'readBuffers', 'tlsHandshakeFailures'] as const).map((k) => METRICS[k].name),
 );
+
+/**
+ * prom-client's gauges of libuv handles, requests and resources are named
+ * `*_total`, which Prometheus reserves for counters (promtool flags them);
+ * their values stay available as nodejs_active_{handles,requests,resources}.
+ */
+const MISNAMED_DEFAULTS = ['nodejs_active_handles_total', 'nodejs_active_requests_total', 'nodejs_active_resources_total'];
 
 /** prom-client's process and Node.js metrics. */
 export function isDefaultMetric(name: string): boolean {
@@ -68,6 +81,7 @@ export class Metrics {
   constructor(private readonly ballast: Ballast) {
     const r = this.registry;
     collectDefaultMetrics({ register: r });
+    for (const name of MISNAMED_DEFAULTS) r.removeSingleMetric(name);
     const b = () => this.ballast;
     const gauge = (k: MetricKey, collect: (g: Gauge<string>) => void) =>
       new Gauge({ name: METRICS[k].name, help: METRICS[k].help, labelNames: [...METRICS[k].labels], registers: [r], collect() { this.reset(); collect(this); } });
@@ -77,7 +91,9 @@ export class Metrics {
     // `nodejs`, not `node`: Kubernetes service discovery already uses `node`.
     gauge('info', (g) => g.set({ version: VERSION, nodejs: process.versions.node }, 1));
     counter('listenerConnections', (c) => {
-      for (const l of b().listeners.values()) for (const [result, n] of l.results) c.inc({ listener: l.name, result }, n);
+      // Every known label set from the start, at 0, so rate() and increase()
+      // see the first refusal (a series born at 1 has no increase).
+      for (const l of b().listeners.values()) for (const result of CONNECTION_RESULTS) c.inc({ listener: l.name, result }, l.results.get(result) ?? 0);
     });
     gauge('listenerActive', (g) => {
       for (const l of b().listeners.values()) g.set({ listener: l.name }, l.active);
@@ -106,7 +122,7 @@ export class Metrics {
         c.inc({ cluster, endpoint: e.id, direction: 'down' }, e.bytesDown);
       }),
     );
-    counter('upstreamFailures', (c) => eachEndpoint((cluster, e) => e.outcomes.forEach((n, outcome) => c.inc({ cluster, endpoint: e.id, outcome }, n))));
+    counter('upstreamFailures', (c) => eachEndpoint((cluster, e) => CONNECT_OUTCOMES.forEach((outcome) => c.inc({ cluster, endpoint: e.id, outcome }, e.outcomes.get(outcome) ?? 0))));
     counter('upstreamChecks', (c) => eachEndpoint((cluster, e) => e.checkResults.forEach((n, result) => c.inc({ cluster, endpoint: e.id, result }, n))));
     counter('upstreamStateChanges', (c) => eachEndpoint((cluster, e) => e.stateChanges.forEach((n, state) => c.inc({ cluster, endpoint: e.id, state }, n))));
     counter('upstreamEjections', (c) => eachEndpoint((cluster, e) => c.inc({ cluster, endpoint: e.id }, e.ejections)));
@@ -129,7 +145,11 @@ export class Metrics {
       g.set({ state: 'free' }, s.free);
     });
     counter('tlsHandshakeFailures', (c) => {
-      for (const l of b().listeners.values()) for (const [reason, n] of l.tlsFailures) c.inc({ listener: l.name, reason }, n);
+      for (const l of b().listeners.values()) {
+        if (l.config.tls === undefined) continue;
+        for (const reason of TLS_REFUSAL_REASONS) c.inc({ listener: l.name, reason }, l.tlsFailures.get(reason) ?? 0);
+        for (const [reason, n] of l.tlsFailures) if (!TLS_REFUSAL_REASON_SET.has(reason)) c.inc({ listener: l.name, reason }, n);
+      }
     });
     gauge('tlsExpiry', (g) => b().tls.forEach((p) => Number.isFinite(p.expirySeconds()) && g.set({ profile: p.profile }, Math.round(p.expirySeconds()))));
     counter('tlsReloads', (c) =>
@@ -151,9 +171,11 @@ export class Metrics {
     );
     gauge('discoveryMembers', (g) => b().discovery.forEach((d, name) => g.set({ cluster: name }, d.members.length)));
     const backup = () => b().backup;
+    // 0 means never (since this process started): the series exists from
+    // the start, so an alert can tell "no success yet" from "not scraped".
     gauge('backupLastSuccess', (g) => {
       const s = backup()?.stats;
-      if (s?.lastSuccessAt) g.set(s.lastSuccessAt / 1000);
+      if (s) g.set((s.lastSuccessAt ?? 0) / 1000);
     });
     gauge('backupDuration', (g) => {
       const s = backup()?.stats;
@@ -163,18 +185,29 @@ export class Metrics {
       const s = backup()?.stats;
       if (s?.lastSize !== undefined) g.set(s.lastSize);
     });
-    counter('backupFailures', (c) => backup()?.stats.failures.forEach((n, reason) => c.inc({ reason }, n)));
-    gauge('drillLastSuccess', (g) => {
+    counter('backupFailures', (c) => {
       const s = backup()?.stats;
-      if (s?.lastDrillAt) g.set(s.lastDrillAt / 1000);
+      if (s) for (const reason of BACKUP_FAILURE_REASONS) c.inc({ reason }, s.failures.get(reason) ?? 0);
+    });
+    gauge('drillLastSuccess', (g) => {
+      const bk = backup();
+      if (bk?.drillsScheduled) g.set((bk.stats.lastDrillAt ?? 0) / 1000);
     });
 
+    const zeroed = new Set<string>();
     this.connectDuration = new Histogram({
       name: METRICS.upstreamConnectDuration.name,
       help: METRICS.upstreamConnectDuration.help,
       labelNames: ['cluster'],
       buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
       registers: [r],
+      // Each cluster's buckets exist from the start, at 0, as the counters do.
+      collect() {
+        for (const name of b().clusters.keys()) if (!zeroed.has(name)) {
+          zeroed.add(name);
+          this.zero({ cluster: name });
+        }
+      },
     });
   }
 

@@ -93,6 +93,10 @@ export class BackupScheduler implements BackupRunner {
     return scheduler;
   }
 
+  get drillsScheduled(): boolean {
+    return this.cfg.drillInterval > 0;
+  }
+
   constructor(
     readonly cfg: BackupConfig,
     private readonly deps: BackupSchedulerDeps,

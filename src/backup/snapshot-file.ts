@@ -15,18 +15,21 @@ import { etcdctlBin, etcdctlEnv, runTool, toolFailure, ToolMissingError } from '
 // copied member/snap/db (which has no hash; etcdctl restore then needs
 // --skip-hash-check). bolt itself ignores the 32 trailing bytes.
 
-export type BackupFailureReason =
-  | 'no_healthy_member' // no endpoint of the cluster is up (or no leader is, with from: leader)
-  | 'busy' // a snapshot is already running (this process or another one on the same dir)
-  | 'connect' // the member could not be reached, or failed before the first byte
-  | 'stream' // the stream broke after data started to arrive (member died, connection reset)
-  | 'truncated' // the stream ended cleanly but short of the size the member announced
-  | 'timeout' // the attempt exceeded backup.timeout
-  | 'aborted' // ballast is stopping
-  | 'bad_hash' // the SHA-256 etcd appended does not match the data
-  | 'unreadable' // etcdctl snapshot status cannot open it as a bolt database
-  | 'etcdctl_missing' // no etcdctl to verify with
-  | 'io'; // writing, syncing or renaming the file failed
+export const BACKUP_FAILURE_REASONS = [
+  'no_healthy_member', // no endpoint of the cluster is up (or no leader is, with from: leader)
+  'busy', // a snapshot is already running (this process or another one on the same dir)
+  'overlap', // the schedule fired while the previous attempt still ran
+  'connect', // the member could not be reached, or failed before the first byte
+  'stream', // the stream broke after data started to arrive (member died, connection reset)
+  'truncated', // the stream ended cleanly but short of the size the member announced
+  'timeout', // the attempt exceeded backup.timeout
+  'aborted', // ballast is stopping
+  'bad_hash', // the SHA-256 etcd appended does not match the data
+  'unreadable', // etcdctl snapshot status cannot open it as a bolt database
+  'etcdctl_missing', // no etcdctl to verify with
+  'io', // writing, syncing or renaming the file failed
+] as const;
+export type BackupFailureReason = (typeof BACKUP_FAILURE_REASONS)[number];
 
 export class BackupError extends Error {
   constructor(

@@ -34,7 +34,8 @@ export interface ListenerHooks {
 }
 
 /** Result labels of ballast_listener_connections_total. */
-export type ConnectionResult = 'proxied' | 'no_endpoint' | 'connect_failed' | 'over_limit' | 'fd_limit' | 'local_error' | 'tls_refused' | 'client_closed' | 'draining' | 'accept_error';
+export const CONNECTION_RESULTS = ['proxied', 'no_endpoint', 'connect_failed', 'over_limit', 'fd_limit', 'local_error', 'tls_refused', 'client_closed', 'draining', 'accept_error'] as const;
+export type ConnectionResult = (typeof CONNECTION_RESULTS)[number];
 
 const kListener = Symbol('ballast.listener');
 

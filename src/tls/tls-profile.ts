@@ -181,6 +181,16 @@ function sameMaterial(a: MaterialSet, b: MaterialSet): boolean {
   return eq(a.cert, b.cert) && eq(a.key, b.key) && eq(a.ca, b.ca) && eq(a.clientCA, b.clientCA) && eq(a.crl, b.crl);
 }
 
+/**
+ * Every reason a TLS client is refused (verification, handshake,
+ * authorization): /metrics shows each at 0 from the start.
+ */
+export const TLS_REFUSAL_REASONS = [
+  'cert_expired', 'cert_not_yet_valid', 'cert_revoked', 'unknown_ca', 'crl_error', 'cert_wrong_usage', 'cert_invalid',
+  'handshake_timeout', 'client_reset', 'protocol_version', 'not_tls', 'no_shared_cipher', 'alpn_mismatch', 'bad_certificate', 'handshake_error',
+  'no_client_cert', 'identity_not_allowed',
+] as const;
+
 /** OpenSSL's verification error for a presented client certificate, as a metric label. */
 export function verifyReason(code: string): string {
   switch (code) {

@@ -26,7 +26,8 @@ export function canTransition(from: EndpointState, to: EndpointState): boolean {
 }
 
 /** What the data path reports about one attempt; the control plane decides what it means. */
-export type ConnectOutcome = 'connect_refused' | 'connect_timeout' | 'connect_error' | 'tls_error' | 'reset' | 'local_error';
+export const CONNECT_OUTCOMES = ['connect_refused', 'connect_timeout', 'connect_error', 'tls_error', 'reset', 'local_error'] as const;
+export type ConnectOutcome = (typeof CONNECT_OUTCOMES)[number];
 
 /** A live proxied connection as the control plane sees it. */
 export interface TrackedConnection {

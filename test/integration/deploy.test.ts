@@ -16,6 +16,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import YAML from 'yaml';
 import { METRICS, Metrics } from '../../src/admin/metrics.js';
 import type { Ballast } from '../../src/ballast.js';
+import { metricNames } from '../support/promql.js';
 import { createCA, createCRL, issueCert, type CertAuthority, type CertUsage } from '../../src/tls/certs.js';
 
 // deploy/ is what operators copy onto control-plane nodes at 3 a.m.: every
@@ -274,32 +275,6 @@ function strategicMerge(base: J, patch: J, field?: string): J {
 }
 
 // --- PromQL metric names ---------------------------------------------------------
-
-const PROMQL_WORDS = new Set(
-  ('by without on ignoring group_left group_right bool and or unless offset inf nan ' +
-    'sum min max avg count stddev stdvar topk bottomk quantile count_values group ' +
-    'rate irate increase delta idelta deriv predict_linear histogram_quantile absent absent_over_time time timestamp ' +
-    'vector scalar abs ceil floor round clamp clamp_min clamp_max changes resets label_replace label_join sort sort_desc ' +
-    'avg_over_time min_over_time max_over_time sum_over_time count_over_time last_over_time quantile_over_time day_of_week hour minute')
-    .split(' '),
-);
-
-/** Metric names a PromQL expression selects (label matchers, ranges, grouping labels and functions removed). */
-function metricNames(expr: string): string[] {
-  const stripped = expr
-    .replace(/"(?:[^"\\]|\\.)*"/g, '""')
-    .replace(/\{[^}]*\}/g, ' ')
-    .replace(/\[[^\]]*\]/g, ' ')
-    .replace(/\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)/g, ' ')
-    .replace(/\$\{?\w+\}?/g, ' ');
-  const names = new Set<string>();
-  for (const m of stripped.matchAll(/\d+(?:\.\d+)?(?:e[+-]?\d+)?|([A-Za-z_:][\w:]*)(\s*\()?/g)) {
-    const word = m[1];
-    if (word === undefined || m[2] !== undefined || PROMQL_WORDS.has(word)) continue;
-    names.add(word);
-  }
-  return [...names];
-}
 
 /** Every metric name ballast's /metrics can carry, from the real registry. */
 function exportedMetricNames(): Set<string> {
