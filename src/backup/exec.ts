@@ -127,7 +127,7 @@ const live = new Set<number>();
 let exitHook = false;
 
 /** Spawn a child that is SIGKILLed if this process exits first (normal exit or a handled signal). */
-export function spawnManaged(bin: string, args: string[], opts: { env?: NodeJS.ProcessEnv; stdio?: StdioOptions } = {}): Promise<ManagedChild> {
+export function spawnManaged(bin: string, args: string[], opts: { env?: NodeJS.ProcessEnv; stdio?: StdioOptions; cwd?: string } = {}): Promise<ManagedChild> {
   if (!exitHook) {
     exitHook = true;
     process.on('exit', () => {
@@ -141,7 +141,7 @@ export function spawnManaged(bin: string, args: string[], opts: { env?: NodeJS.P
     });
   }
   return new Promise((resolve, reject) => {
-    const child = spawn(bin, args, { stdio: opts.stdio ?? 'ignore', env: opts.env ?? process.env });
+    const child = spawn(bin, args, { stdio: opts.stdio ?? 'ignore', env: opts.env ?? process.env, ...(opts.cwd !== undefined ? { cwd: opts.cwd } : {}) });
     let done = false;
     const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((r) =>
       child.once('exit', (code, signal) => {

@@ -8,7 +8,7 @@ import { parseArgs } from 'node:util';
 import type { Logger } from 'pino';
 import { parseDuration } from '../config/duration.js';
 import { BoltFormatError, type EtcdDbContents } from './bolt.js';
-import { etcdBin, etcdctlBin, etcdctlEnv, freeLoopbackPorts, runTool, spawnManaged, toolFailure, ToolMissingError, type ManagedChild } from './exec.js';
+import { etcdBin, etcdctlBin, etcdctlEnv, runTool, spawnManaged, toolFailure, ToolMissingError, type ManagedChild } from './exec.js';
 import { BackupError, etcdctlSnapshotStatus, newestSnapshot, type EtcdctlSnapshotStatus } from './snapshot-file.js';
 import { runScan, runVerify, type WorkerSetting } from './snapshot-work.js';
 
@@ -19,7 +19,8 @@ import { runScan, runVerify, type WorkerSetting } from './snapshot-work.js';
 //   2. read its key space ourselves (bolt.ts): live keys, the revision a
 //      restore must serve, and the first N keys' values
 //   3. `etcdctl snapshot restore` into a temp dir as a one-member cluster
-//   4. start a throwaway `etcd` on loopback (free ports), wait until healthy
+//   4. start a throwaway `etcd` listening on unix sockets inside the 0700
+//      temp dir (no TCP port: it serves every restored Secret), wait until healthy
 //   5. read back through its JSON gateway: the key count and revision, and
 //      the first N keys with values; all must equal what the file holds
 //   6. stop it (SIGTERM, then SIGKILL, by PID), remove the temp dir
@@ -60,6 +61,17 @@ export interface DrillOptions {
   log?: Logger;
   /** Where the hash check and key scan run: a worker thread by default when compiled (see snapshot-work.ts). */
   worker?: WorkerSetting;
+  /** Test hook: runs once the restored member is healthy, before the read-back (tests make it disagree with the file). */
+  beforeReadBack?: (member: DrillMember) => Promise<void>;
+}
+
+/** The restored member while it runs, as the beforeReadBack hook sees it. */
+export interface DrillMember {
+  pid: number;
+  /** The drill's temp dir (0700). */
+  dir: string;
+  /** Its client socket (the JSON gateway and gRPC answer there). */
+  socketPath: string;
 }
 
 export interface DrillResult {
@@ -92,6 +104,10 @@ class DrillError extends Error {
 }
 
 const DEFAULT_TIMEOUT = 10 * 60_000;
+const CLIENT_SOCKET = 'client.sock:0';
+const PEER_SOCKET = 'peer.sock:0';
+/** sun_path holds 108 bytes with the terminating NUL. */
+const MAX_SOCKET_PATH = 107;
 
 export async function restoreDrill(file: string, opts: DrillOptions = {}): Promise<DrillResult> {
   const t0 = performance.now();
@@ -102,6 +118,7 @@ export async function restoreDrill(file: string, opts: DrillOptions = {}): Promi
   const result: DrillResult = { file: path.resolve(file), verdict: 'failed', sample: new Map(), totalSeconds: 0 };
   let tmp: string | undefined;
   let etcd: ManagedChild | undefined;
+  let socketPath = '';
   const left = () => Math.max(1, timeoutMs - (performance.now() - t0));
   const check = () => {
     if (signal.aborted) throw timeout.aborted ? new DrillError('timeout', `the drill did not finish within ${timeoutMs}ms`) : new DrillError('aborted', 'aborted');
@@ -136,61 +153,66 @@ export async function restoreDrill(file: string, opts: DrillOptions = {}): Promi
     if (contents.maxRevision !== status.revision) throw new DrillError('tools_disagree', `etcdctl says revision ${status.revision}, the key bucket's newest entry is ${contents.maxRevision}`);
     check();
 
-    // 3-4. Restore and start, with fresh ports on a port race.
+    // 3-4. Restore and start. The member holds every Secret of the cluster, so
+    // it listens on unix sockets only, inside the 0700 temp dir: no TCP port
+    // another local process (user nobody, a hostNetwork pod) could read it on.
+    // etcd wants URLs of the form unix://host:port and binds "host:port" as a
+    // path relative to its working directory, so it runs with cwd = the temp dir.
     tmp = await fsp.mkdtemp(path.join(opts.workDir ?? os.tmpdir(), 'ballast-drill-'));
+    await fsp.chmod(tmp, 0o700);
+    socketPath = path.join(tmp, CLIENT_SOCKET);
+    if (Buffer.byteLength(socketPath) > MAX_SOCKET_PATH) {
+      throw new DrillError('start_failed', `the drill's socket path ${socketPath} is longer than ${MAX_SOCKET_PATH} bytes (a unix socket limit); give a shorter --work-dir`);
+    }
     const tRestore = performance.now();
-    let clientUrl = '';
-    for (let attempt = 1; ; attempt++) {
-      const [clientPort, peerPort] = (await freeLoopbackPorts(2)) as [number, number];
-      const peer = `http://127.0.0.1:${peerPort}`;
-      clientUrl = `http://127.0.0.1:${clientPort}`;
-      const dataDir = path.join(tmp, `data-${attempt}`);
-      const logFile = path.join(tmp, `etcd-${attempt}.log`);
-      const restoreArgs = ['snapshot', 'restore', file, '--data-dir', dataDir, '--name', 'drill', '--initial-cluster', `drill=${peer}`, '--initial-advertise-peer-urls', peer, '--initial-cluster-token', `ballast-drill-${randomBytes(4).toString('hex')}`];
-      let r;
-      try {
-        r = await runTool(etcdctlBin(opts.etcdctl), restoreArgs, { timeoutMs: left(), env: etcdctlEnv(), signal });
-      } catch (err) {
-        if (err instanceof ToolMissingError) throw new DrillError('etcdctl_missing', `${err.message} (install etcdctl or set BALLAST_ETCDCTL_BIN)`);
-        throw err;
-      }
-      check();
-      if (r.code !== 0) throw new DrillError('restore_failed', `etcdctl snapshot restore: ${toolFailure(r)}`);
-      const args = [
-        '--name=drill',
-        `--data-dir=${dataDir}`,
-        `--listen-client-urls=${clientUrl}`,
-        `--advertise-client-urls=${clientUrl}`,
-        `--listen-peer-urls=${peer}`,
-        `--initial-advertise-peer-urls=${peer}`,
-        `--initial-cluster=drill=${peer}`,
-        '--logger=zap',
-        `--log-outputs=${logFile}`,
-      ];
-      const fd = openSync(logFile, 'a');
-      try {
-        etcd = await spawnManaged(etcdBin(opts.etcd), args, { stdio: ['ignore', fd, fd] });
-      } catch (err) {
-        if (err instanceof ToolMissingError) throw new DrillError('etcd_missing', `${err.message} (install etcd or set BALLAST_ETCD_BIN)`);
-        throw err;
-      } finally {
-        closeSync(fd);
-      }
-      opts.log?.debug({ pid: etcd.pid, clientUrl, dataDir }, 'restore drill: etcd started');
-      const healthy = await waitHealthy(clientUrl, etcd, signal);
-      if (healthy === true) break;
+    const peer = `unix://${PEER_SOCKET}`;
+    const clientUrl = `unix://${CLIENT_SOCKET}`;
+    const dataDir = path.join(tmp, 'data');
+    const logFile = path.join(tmp, 'etcd.log');
+    const restoreArgs = ['snapshot', 'restore', file, '--data-dir', dataDir, '--name', 'drill', '--initial-cluster', `drill=${peer}`, '--initial-advertise-peer-urls', peer, '--initial-cluster-token', `ballast-drill-${randomBytes(4).toString('hex')}`];
+    let r;
+    try {
+      r = await runTool(etcdctlBin(opts.etcdctl), restoreArgs, { timeoutMs: left(), env: etcdctlEnv(), signal });
+    } catch (err) {
+      if (err instanceof ToolMissingError) throw new DrillError('etcdctl_missing', `${err.message} (install etcdctl or set BALLAST_ETCDCTL_BIN)`);
+      throw err;
+    }
+    check();
+    if (r.code !== 0) throw new DrillError('restore_failed', `etcdctl snapshot restore: ${toolFailure(r)}`);
+    const args = [
+      '--name=drill',
+      `--data-dir=${dataDir}`,
+      `--listen-client-urls=${clientUrl}`,
+      `--advertise-client-urls=${clientUrl}`,
+      `--listen-peer-urls=${peer}`,
+      `--initial-advertise-peer-urls=${peer}`,
+      `--initial-cluster=drill=${peer}`,
+      '--logger=zap',
+      `--log-outputs=${logFile}`,
+    ];
+    const fd = openSync(logFile, 'a', 0o600);
+    try {
+      etcd = await spawnManaged(etcdBin(opts.etcd), args, { stdio: ['ignore', fd, fd], cwd: tmp });
+    } catch (err) {
+      if (err instanceof ToolMissingError) throw new DrillError('etcd_missing', `${err.message} (install etcd or set BALLAST_ETCD_BIN)`);
+      throw err;
+    } finally {
+      closeSync(fd);
+    }
+    opts.log?.debug({ pid: etcd.pid, socketPath, dataDir }, 'restore drill: etcd started');
+    const healthy = await waitHealthy(socketPath, etcd, signal);
+    if (healthy !== true) {
       await etcd.stop(2_000);
       etcd = undefined;
       check();
-      const tail = logTail(logFile);
-      if (/address already in use/.test(tail) && attempt < 3) continue;
-      throw new DrillError(healthy === 'exited' ? 'start_failed' : 'not_healthy', `restored etcd ${healthy === 'exited' ? 'exited' : 'never became healthy'}; log tail: ${tail.slice(-600)}`);
+      throw new DrillError(healthy === 'exited' ? 'start_failed' : 'not_healthy', `restored etcd ${healthy === 'exited' ? 'exited' : 'never became healthy'}; log tail: ${logTail(logFile).slice(-600)}`);
     }
+    if (opts.beforeReadBack) await opts.beforeReadBack({ pid: etcd.pid, dir: tmp, socketPath });
 
     // 5. Read back.
     let count;
     try {
-      count = await range(clientUrl, { count_only: true }, signal);
+      count = await range(socketPath, { count_only: true }, signal);
     } catch (err) {
       check();
       throw new DrillError('read_failed', `counting keys on the restored member: ${(err as Error).message}`);
@@ -200,7 +222,7 @@ export async function restoreDrill(file: string, opts: DrillOptions = {}): Promi
     result.keys = count.count;
     let sample;
     try {
-      sample = sampleSize > 0 ? await range(clientUrl, { limit: sampleSize }, signal) : { kvs: [] };
+      sample = sampleSize > 0 ? await range(socketPath, { limit: sampleSize }, signal) : { kvs: [] };
     } catch (err) {
       check();
       throw new DrillError('read_failed', `reading keys on the restored member: ${(err as Error).message}`);
@@ -254,12 +276,12 @@ export function formatDrillLine(r: DrillResult): string {
 }
 
 /** Poll /health until it says true (resolves true), the process exits ('exited'), or the signal aborts ('timeout'). */
-async function waitHealthy(url: string, child: ManagedChild, signal: AbortSignal): Promise<true | 'exited' | 'timeout'> {
+async function waitHealthy(socketPath: string, child: ManagedChild, signal: AbortSignal): Promise<true | 'exited' | 'timeout'> {
   for (;;) {
     if (child.done) return 'exited';
     if (signal.aborted) return 'timeout';
     try {
-      const body = await request(url, '/health', undefined, signal, 1_000);
+      const body = await request(socketPath, '/health', undefined, signal, 1_000);
       if (/"health":\s*"true"/.test(body)) return true;
     } catch {
       // not yet
@@ -274,9 +296,9 @@ interface KV {
 }
 
 /** Range over the whole key space ("\0" to "\0") through the JSON gateway. */
-async function range(url: string, extra: { count_only?: boolean; limit?: number }, signal: AbortSignal): Promise<{ revision: number; count: number; kvs: KV[] }> {
+async function range(socketPath: string, extra: { count_only?: boolean; limit?: number }, signal: AbortSignal): Promise<{ revision: number; count: number; kvs: KV[] }> {
   const zero = Buffer.from([0]).toString('base64');
-  const body = await request(url, '/v3/kv/range', JSON.stringify({ key: zero, range_end: zero, ...extra }), signal, 60_000);
+  const body = await request(socketPath, '/v3/kv/range', JSON.stringify({ key: zero, range_end: zero, ...extra }), signal, 60_000);
   const j = JSON.parse(body) as { header?: { revision?: string }; count?: string; kvs?: Array<{ key?: string; value?: string }> };
   return {
     revision: Number(j.header?.revision ?? 0),
@@ -285,11 +307,10 @@ async function range(url: string, extra: { count_only?: boolean; limit?: number 
   };
 }
 
-function request(base: string, route: string, payload: string | undefined, signal: AbortSignal, timeoutMs: number): Promise<string> {
+function request(socketPath: string, route: string, payload: string | undefined, signal: AbortSignal, timeoutMs: number): Promise<string> {
   return new Promise((resolve, reject) => {
     const req = http.request(
-      new URL(route, base),
-      { method: payload === undefined ? 'GET' : 'POST', agent: false, signal, timeout: timeoutMs, headers: payload === undefined ? {} : { 'content-type': 'application/json' } },
+      { socketPath, path: route, method: payload === undefined ? 'GET' : 'POST', agent: false, signal, timeout: timeoutMs, headers: payload === undefined ? {} : { 'content-type': 'application/json' } },
       (res) => {
         const chunks: Buffer[] = [];
         res.on('data', (c: Buffer) => chunks.push(c));
@@ -320,8 +341,8 @@ function logTail(file: string): string {
 
 const USAGE = `usage: ballast restore-drill (--snapshot FILE | --dir DIR) [--sample N] [--work-dir DIR] [--timeout 10m] [--keep-dir]
 
-Restores a snapshot into a throwaway single-member etcd on loopback, reads it
-back, and checks it serves exactly the revision, key count and sampled values
+Restores a snapshot into a throwaway single-member etcd (unix sockets in a
+0700 temp dir, no TCP port), reads it back, and checks it serves exactly the revision, key count and sampled values
 the file holds. Prints one line:
   snapshot=FILE revision=N keys=N restore_seconds=X verdict=ok|failed [reason=R]
 --dir DIR drills the newest etcd-snapshot-*.db in DIR. Exit: 0 ok, 1 failed, 2 usage.
