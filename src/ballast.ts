@@ -3,7 +3,7 @@ import type { BackupStats } from './backup/stats.js';
 import { systemClock, type Clock } from './clock.js';
 import { loadConfigFile, type ClusterConfig, type Config, type ConfigError, type ListenerConfig } from './config/load.js';
 import type { BackupConfig } from './config/schema.js';
-import { calibrate } from './listener/fd-budget.js';
+import { adminDescriptors, calibrate } from './listener/fd-budget.js';
 import { Listener, type ListenerHooks } from './listener/listener.js';
 import type { OriginTls } from './listener/proxy-connection.js';
 import { Metrics } from './admin/metrics.js';
@@ -81,7 +81,8 @@ export class Ballast {
       runtime.watch();
     }
     for (const cc of c.clusters) this.addCluster(cc);
-    calibrate();
+    // The admin servers run beside the listeners only in a single process (with workers, in the primary).
+    calibrate(this.role === 'single' ? adminDescriptors(c.admin) : 0);
     try {
       if (this.role !== 'control') for (const lc of c.listeners) await this.addListener(lc);
     } catch (err) {

@@ -146,10 +146,10 @@ async function run(args: string[]): Promise<number> {
       await supervisor.start();
     }
     if (config.admin.enabled) {
-      admin = new AdminServer(ballast, config.admin.listen, log);
+      admin = new AdminServer(ballast, config.admin.listen, log, 'full', config.admin);
       await admin.start();
       if (config.admin.metricsListen) {
-        metricsServer = new AdminServer(ballast, config.admin.metricsListen, log, 'metrics');
+        metricsServer = new AdminServer(ballast, config.admin.metricsListen, log, 'metrics', config.admin);
         await metricsServer.start();
       }
     }

@@ -72,7 +72,7 @@ export interface TlsProfile extends Omit<TlsProfileConfig, 'allow'> {
 }
 
 export interface Config {
-  admin: { enabled: boolean; listen: Address; metricsListen: Address | undefined };
+  admin: { enabled: boolean; listen: Address; metricsListen: Address | undefined; maxConnections: number; idleTimeout: number; allowedHosts: string[] };
   log: { level: string };
   drainTimeout: number;
   workers: number;
@@ -199,7 +199,7 @@ function sectionOf(path: readonly PropertyKey[]): string {
 
 const SECTION_KEYS: Record<string, string[]> = {
   '': ['admin', 'log', 'drainTimeout', 'workers', 'workerSockets', 'tls', 'listeners', 'clusters', 'backup'],
-  admin: ['listen', 'metricsListen', 'enabled'],
+  admin: ['listen', 'metricsListen', 'enabled', 'maxConnections', 'idleTimeout', 'allowedHosts'],
   log: ['level'],
   'tls.*': ['cert', 'key', 'ca', 'clientCA', 'crl', 'allow', 'requireClientCert', 'minVersion', 'ciphers', 'handshakeTimeout', 'servername', 'alpn'],
   listeners: ['name', 'listen', 'cluster', 'tls', 'maxConnections', 'idleTimeout', 'socketMode', 'accessLog', 'backlog'],
@@ -372,6 +372,9 @@ function resolve(p: ParsedConfig, source: string, problems: string[]): Config {
       enabled: p.admin.enabled,
       listen: p.admin.listen ?? { kind: 'inet', host: '127.0.0.1', port: 9901, family: 4, text: DEFAULT_ADMIN_LISTEN },
       metricsListen: p.admin.metricsListen,
+      maxConnections: p.admin.maxConnections,
+      idleTimeout: p.admin.idleTimeout,
+      allowedHosts: p.admin.allowedHosts.map((h) => h.toLowerCase().replace(/\.$/, '')),
     },
     log: p.log,
     drainTimeout: p.drainTimeout,

@@ -206,6 +206,12 @@ export const configSchema = z.strictObject({
       /** A second, metrics-only address (/metrics, /healthz, /readyz) for Prometheus to reach over the network while /status stays on loopback. */
       metricsListen: address('listen').optional(),
       enabled: z.boolean().default(true),
+      /** Open connections per admin server (listen and metricsListen each); beyond it new ones are closed at once. */
+      maxConnections: int(1, 10_000).default(64),
+      /** A connection that sends no complete request (or stays idle) this long is closed. */
+      idleTimeout: duration(100).prefault('10s'),
+      /** Host names (besides IP literals, localhost and this machine's hostname) the admin server answers to: the DNS-rebinding check. */
+      allowedHosts: z.array(z.string().regex(/^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*\.?$/, 'expected a host name without port, like "ballast.example.internal"')).default([]),
     })
     .prefault({}),
   log: z

@@ -122,7 +122,7 @@ clusters:
     const log = createLogger('info');
     ballast = new Ballast(config, log);
     await ballast.start();
-    admin = new AdminServer(ballast, config.admin.listen, log);
+    admin = new AdminServer(ballast, config.admin.listen, log, 'full', config.admin);
     await admin.start();
     // Wait until ballast has discovered and checked all three members, so the
     // first thing the user sees is a healthy cluster.

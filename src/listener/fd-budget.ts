@@ -24,7 +24,28 @@ export const fds = {
   /** Of `active`, those on TLS listeners (their client socket is in tlsSockets too). */
   tlsActive: 0,
   limit: softLimit(),
+  /**
+   * Descriptors held back for the admin servers of this process: each one's
+   * connection cap, its listening socket and the one it accepts to drop.
+   * Set by calibrate(); part of `reserve`.
+   */
+  admin: 0,
 };
+
+/**
+ * Connections one admin server holds: admin.maxConnections, but at most a
+ * sixteenth of the descriptor limit (at least 4), so that under a low limit
+ * the admin share does not starve the data path either.
+ */
+export function adminConnectionCap(maxConnections: number): number {
+  return Math.min(maxConnections, Math.max(4, Math.floor(fds.limit / 16)));
+}
+
+/** Descriptors the admin servers of a config may hold (0 when the admin server is off). */
+export function adminDescriptors(admin: { enabled: boolean; metricsListen?: unknown; maxConnections: number }): number {
+  if (!admin.enabled) return 0;
+  return (admin.metricsListen !== undefined ? 2 : 1) * (adminConnectionCap(admin.maxConnections) + 2);
+}
 
 /** Whether one more proxied connection (two descriptors) fits. */
 export function fdsAvailable(): boolean {
@@ -37,15 +58,16 @@ export function connectionsAllowedByFds(): number {
   return Math.max(1, Math.floor((fds.limit - fds.reserve) / 2));
 }
 
-/** Measure what the process holds before its listeners open. */
-export function calibrate(): void {
+/** Measure what the process holds before its listeners open; `admin` descriptors are held back for the admin servers (see adminDescriptors). */
+export function calibrate(admin = 0): void {
   let open = 32;
   try {
     open = readdirSync('/proc/self/fd').length;
   } catch {
     // not Linux: keep the guess
   }
-  fds.reserve = open + Math.min(64, Math.max(16, Math.floor(fds.limit / 16)));
+  fds.admin = admin;
+  fds.reserve = open + admin + Math.min(64, Math.max(16, Math.floor(fds.limit / 16)));
 }
 
 function softLimit(): number {

@@ -46,7 +46,7 @@ export async function startInProcess(yaml: string, opts: { source?: string; admi
   await ballast.start();
   let admin: AdminServer | undefined;
   if (opts.admin) {
-    admin = new AdminServer(ballast, config.admin.listen, log);
+    admin = new AdminServer(ballast, config.admin.listen, log, 'full', config.admin);
     await admin.start();
   }
   return {
