@@ -67,8 +67,6 @@ export interface ListenerConfig {
 export interface TlsProfile extends Omit<TlsProfileConfig, 'allow'> {
   name: string;
   allow: AllowRule[];
-  /** Session ticket keys shared by the workers of one ballast (not a config key). */
-  ticketKeys?: Buffer;
 }
 
 export interface Config {

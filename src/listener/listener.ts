@@ -200,14 +200,28 @@ export class Listener implements ListenerPort {
   /** Follow a TLS profile's rotations (and, on reload, a replaced profile) without a new socket. */
   private subscribeTls(t: TlsTerminator): void {
     this.unsubscribeTls?.();
-    this.unsubscribeTls = t.onRotate((opts) => (this.server as ReturnType<typeof createTlsServer>).setSecureContext(opts));
+    this.unsubscribeTls = t.onRotate((opts) => this.applyTlsOptions(opts));
   }
 
   /** Reload: a changed TLS profile applies to new handshakes; the socket and open connections stay. */
   replaceTls(t: TlsTerminator): void {
     this.tls = t;
     this.subscribeTls(t);
-    (this.server as ReturnType<typeof createTlsServer>).setSecureContext(t.serverOptions());
+    this.applyTlsOptions(t.serverOptions());
+  }
+
+  /**
+   * setSecureContext replaces certificates, CAs, CRLs and session keys, but
+   * not what tls.Server copies per connection from its own fields: whether to
+   * ask for a client certificate (a clientCA added by a reload would
+   * otherwise ask nobody and refuse everyone) and the ALPN list.
+   */
+  private applyTlsOptions(opts: TlsOptions): void {
+    const server = this.server as ReturnType<typeof createTlsServer> & { requestCert: boolean; ALPNProtocols?: Buffer };
+    server.setSecureContext(opts);
+    server.requestCert = opts.requestCert === true;
+    // tls.Server keeps ALPN in wire format: each protocol prefixed by its length.
+    if (Array.isArray(opts.ALPNProtocols)) server.ALPNProtocols = Buffer.concat((opts.ALPNProtocols as string[]).map((p) => Buffer.concat([Buffer.from([Buffer.byteLength(p)]), Buffer.from(p)])));
   }
 
   private onSecureConnection(s: TLSSocket): void {

@@ -31,3 +31,26 @@ export function derTime(d: Date): Buffer {
   if (year >= 1950 && year <= 2049) return der(0x17, Buffer.from(`${p(year % 100)}${rest}`, 'ascii'));
   return der(0x18, Buffer.from(`${String(year).padStart(4, '0')}${rest}`, 'ascii'));
 }
+
+/** The DER element at `offset`: where its contents start and where it ends (definite lengths only). */
+export function derElement(buf: Uint8Array, offset: number): { tag: number; contents: number; end: number } {
+  const tag = buf[offset];
+  let lenByte = buf[offset + 1];
+  if (tag === undefined || lenByte === undefined) throw new RangeError('DER: truncated element');
+  let contents = offset + 2;
+  let len = lenByte;
+  if (lenByte & 0x80) {
+    const n = lenByte & 0x7f;
+    if (n === 0 || n > 4) throw new RangeError('DER: unsupported length');
+    len = 0;
+    for (let i = 0; i < n; i++) {
+      lenByte = buf[contents + i];
+      if (lenByte === undefined) throw new RangeError('DER: truncated length');
+      len = len * 256 + lenByte;
+    }
+    contents += n;
+  }
+  const end = contents + len;
+  if (end > buf.length) throw new RangeError('DER: element runs past the end');
+  return { tag, contents, end };
+}

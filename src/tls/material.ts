@@ -1,13 +1,34 @@
-import { createPrivateKey, X509Certificate } from 'node:crypto';
+import { constants, createHash, createPrivateKey, hkdfSync, randomBytes, X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { createSecureContext, type SecureContext, type TlsOptions } from 'node:tls';
 import type { TlsProfile } from '../config/load.js';
+import { CrlError, readCrls, type Crl } from './crl.js';
 
 // The certificates and keys of one TLS profile, read from disk, checked, and
 // turned into the options and contexts Node needs. Rotation replaces the whole
 // set at once or not at all: a new file that does not parse, a key that does
 // not match its certificate or a certificate that has expired is refused and
 // the old material keeps serving.
+//
+// Sessions: each profile resumes only its own sessions. Its ticket keys and
+// session-id context are derived from what decides who gets in (the profile's
+// name, clientCA, CRL, allow rules, requireClientCert), so a session made on
+// another listener, or under the CA, CRL or rules before a change, does not
+// resume: the client makes a full handshake and is checked afresh. Workers
+// share one secret (from the primary) and so resume each other's sessions.
+// What a session cannot carry over, expiry and revocation since, is checked
+// again at every resumption (TlsProfileRuntime.authorize).
+
+/** Seconds a TLS session may be resumed (OpenSSL's default is 7200; HAProxy's tune.ssl.lifetime is 300). */
+export const SESSION_LIFETIME_S = 300;
+
+/** The secret session ticket keys are derived from: random per process, or the primary's (workers). */
+let ticketSecret: Buffer | undefined;
+
+/** Workers: derive ticket keys from the primary's secret, so sessions resume on any worker. */
+export function useTicketSecret(secret: Buffer): void {
+  ticketSecret = secret;
+}
 
 /** Mozilla "intermediate" TLS 1.2 suites; TLS 1.3 suites are OpenSSL's defaults. */
 export const DEFAULT_CIPHERS = [
@@ -37,6 +58,12 @@ export interface MaterialSet {
   ca?: Buffer;
   clientCA?: Buffer;
   crl?: Buffer;
+  /** The CRLs of `crl`, verified against clientCA. */
+  crls: Crl[];
+  /** `issuer/serial` of every revoked certificate (issuer as DER hex, see Identity.issuer). */
+  revoked: Set<string>;
+  /** The earliest nextUpdate of the CRLs: past it OpenSSL refuses every client (crl_error). */
+  crlNextUpdate?: Date;
   certs: LoadedCert[];
   /** Options for tls.createServer / setSecureContext (termination). */
   server?: TlsOptions;
@@ -61,7 +88,7 @@ export function readMaterial(p: TlsProfile, roles: { server: boolean; client: bo
       throw new MaterialError(`${at(key)}: cannot read ${file}: ${code === 'ENOENT' ? 'no such file' : code === 'EACCES' ? 'permission denied' : (code ?? (err as Error).message)}`);
     }
   };
-  const set: MaterialSet = { certs: [] };
+  const set: MaterialSet = { certs: [], crls: [], revoked: new Set() };
   const cert = read('cert');
   const key = read('key');
   const ca = read('ca');
@@ -91,12 +118,24 @@ export function readMaterial(p: TlsProfile, roles: { server: boolean; client: bo
     for (const c of parseCerts(ca, at('ca'), p.ca!)) set.certs.push(describe('ca', p.ca!, c));
     set.ca = ca;
   }
+  let clientCAs: ParsedCert[] = [];
   if (clientCA !== undefined) {
-    for (const c of parseCerts(clientCA, at('clientCA'), p.clientCA!)) set.certs.push(describe('clientCA', p.clientCA!, c));
+    clientCAs = parseCerts(clientCA, at('clientCA'), p.clientCA!);
+    for (const c of clientCAs) set.certs.push(describe('clientCA', p.clientCA!, c));
     set.clientCA = clientCA;
   }
   if (crl !== undefined) {
-    if (!crl.toString('latin1').includes('-----BEGIN X509 CRL-----')) throw new MaterialError(`${at('crl')}: ${p.crl} is not a PEM X509 CRL`);
+    if (clientCA === undefined) throw new MaterialError(`${at('crl')}: needs clientCA (a CRL revokes client certificates of that CA)`);
+    try {
+      set.crls = readCrls(crl.toString('latin1'), clientCAs.map((c) => c.x509));
+    } catch (err) {
+      if (!(err instanceof CrlError)) throw err;
+      throw new MaterialError(`${at('crl')}: ${p.crl}: ${err.message}`);
+    }
+    for (const c of set.crls) {
+      for (const serial of c.revoked) set.revoked.add(`${c.issuer}/${serial}`);
+      if (c.nextUpdate !== undefined && (set.crlNextUpdate === undefined || c.nextUpdate < set.crlNextUpdate)) set.crlNextUpdate = c.nextUpdate;
+    }
     set.crl = crl;
   }
 
@@ -115,10 +154,15 @@ export function readMaterial(p: TlsProfile, roles: { server: boolean; client: bo
       // handshake so each refusal gets its own reason and log line.
       requestCert: set.clientCA !== undefined,
       rejectUnauthorized: false,
+      // Client-initiated renegotiation (TLS 1.2) only costs the server CPU
+      // and re-opens identity questions mid-connection: refused.
+      secureOptions: constants.SSL_OP_NO_RENEGOTIATION,
+      sessionTimeout: SESSION_LIFETIME_S,
+      ...sessionScope(p, set),
     };
     if (set.clientCA) server.ca = set.clientCA;
-    if (p.ticketKeys) server.ticketKeys = p.ticketKeys;
-    if (set.crl) server.crl = set.crl;
+    // One CRL per entry: OpenSSL reads only the first CRL of each buffer.
+    if (set.crl) server.crl = set.crls.map((c) => c.pem);
     try {
       createSecureContext(server);
     } catch (err) {
@@ -139,6 +183,25 @@ export function readMaterial(p: TlsProfile, roles: { server: boolean; client: bo
     }
   }
   return set;
+}
+
+/**
+ * Ticket keys and session-id context for a profile: derived from a secret and
+ * everything that decides who gets in, so they change when any of it does.
+ */
+export function sessionScope(p: TlsProfile, set: Pick<MaterialSet, 'clientCA' | 'crl'>): { ticketKeys: Buffer; sessionIdContext: string } {
+  const trust = createHash('sha256')
+    .update(`ballast tls profile\0${p.name}\0${JSON.stringify(p.allow)}\0${String(p.requireClientCert)}\0`)
+    .update(set.clientCA ?? Buffer.alloc(0))
+    .update('\0')
+    .update(set.crl ?? Buffer.alloc(0))
+    .digest();
+  const secret = (ticketSecret ??= randomBytes(48));
+  return {
+    ticketKeys: Buffer.from(hkdfSync('sha256', secret, trust, 'ballast session tickets v1', 48)),
+    // At most 32 bytes (SSL_MAX_SID_CTX_LENGTH).
+    sessionIdContext: trust.toString('hex').slice(0, 32),
+  };
 }
 
 interface ParsedCert {

@@ -68,6 +68,16 @@ export class TlsProfileRuntime implements TlsTerminator {
       if (reason === 'cert_invalid' && this.material.crl !== undefined) reason = 'crl_error';
       return { ok: false, reason, identity: who };
     }
+    // Two CNs: Go (etcd, kube-apiserver) reads the last, OpenSSL-based tools the first. Neither is safe to authorize.
+    if (id.cnCount > 1) return { ok: false, reason: 'identity_ambiguous', identity: who };
+    // A resumed session carries the verdict of its first handshake. Sessions
+    // made under another CA, CRL or rule set do not resume (their keys differ,
+    // material.ts); what can change with the same material is the clock and
+    // this CRL, so both are checked again (for a fresh handshake OpenSSL just did).
+    const now = Date.now();
+    if (now > id.notAfter) return { ok: false, reason: 'cert_expired', identity: who };
+    if (now < id.notBefore) return { ok: false, reason: 'cert_not_yet_valid', identity: who };
+    if (this.material.revoked.size > 0 && this.material.revoked.has(id.revocationKey)) return { ok: false, reason: 'cert_revoked', identity: who };
     if (!this.authorizer.allows(id)) return { ok: false, reason: 'identity_not_allowed', identity: who };
     const kind = this.keyKind();
     const key = kind === 'cn' ? id.cn : kind === 'san' ? (id.uri[0] ?? id.dns[0] ?? id.cn) : id.fingerprint;
@@ -188,7 +198,7 @@ function sameMaterial(a: MaterialSet, b: MaterialSet): boolean {
 export const TLS_REFUSAL_REASONS = [
   'cert_expired', 'cert_not_yet_valid', 'cert_revoked', 'unknown_ca', 'crl_error', 'cert_wrong_usage', 'cert_invalid',
   'handshake_timeout', 'client_reset', 'protocol_version', 'not_tls', 'no_shared_cipher', 'alpn_mismatch', 'bad_certificate', 'handshake_error',
-  'no_client_cert', 'identity_not_allowed',
+  'no_client_cert', 'identity_not_allowed', 'identity_ambiguous',
 ] as const;
 
 /** OpenSSL's verification error for a presented client certificate, as a metric label. */

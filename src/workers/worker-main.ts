@@ -19,8 +19,9 @@ export async function runWorker(): Promise<number> {
   const { createLogger } = await import('../log.js');
   const config = loadConfigFile(process.env.BALLAST_CONFIG!);
   if (process.env.BALLAST_TICKET_KEYS) {
-    // Shared session ticket keys: a TLS session made with one worker resumes on another.
-    for (const p of config.tls.values()) (p as { ticketKeys?: Buffer }).ticketKeys = Buffer.from(process.env.BALLAST_TICKET_KEYS, 'base64');
+    // One ticket secret for all workers: a TLS session made with one worker resumes on another.
+    const { useTicketSecret } = await import('../tls/material.js');
+    useTicketSecret(Buffer.from(process.env.BALLAST_TICKET_KEYS, 'base64'));
   }
   const log = createLogger(config.log.level).child({ worker: Number(index) });
   const sharing = process.env.BALLAST_SHARING === 'reuseport' ? 'reuseport' : 'shared';

@@ -1,0 +1,123 @@
+// Identities read from DER (issue #15): SAN entries by type, every CN
+// counted, values escaped in logs; CRLs verified before they are used.
+import { createHash, X509Certificate } from 'node:crypto';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createCA, createCRL, issueCert, type CertAuthority } from '../../src/tls/certs.js';
+import { readCrls } from '../../src/tls/crl.js';
+import { describeIdentity, escapeDn, parseIdentity, serialHex } from '../../src/tls/identity.js';
+import { readMaterial } from '../../src/tls/material.js';
+import { issueOddCert } from '../support/odd-cert.js';
+import { makeTempDir, removeDir, writeFiles } from '../support/tmp.js';
+
+const SPIFFE = 'spiffe://cluster.local/ns/kube-system/sa/backup';
+
+function identity(pem: string) {
+  const x = new X509Certificate(pem);
+  return parseIdentity(x.raw, createHash('sha256').update(x.raw).digest('hex'));
+}
+
+let ca: CertAuthority;
+let sameName: CertAuthority;
+let other: CertAuthority;
+let dir: string;
+
+beforeAll(async () => {
+  ca = await createCA({ cn: 'etcd-ca' });
+  sameName = await createCA({ cn: 'etcd-ca' });
+  other = await createCA({ cn: 'other-ca' });
+  dir = await makeTempDir();
+});
+afterAll(async () => {
+  await removeDir(dir);
+});
+
+describe('identity from DER', () => {
+  it('reads CN, every O, DNS and URI SANs, serial, issuer and validity', async () => {
+    const c = await issueCert(ca, { cn: 'kube-apiserver-etcd-client', o: ['system:masters', 'b'], dns: ['a.example'], uris: [SPIFFE], usage: ['client'] });
+    const id = identity(c.cert);
+    const x = new X509Certificate(c.cert);
+    expect(id).toMatchObject({ cn: 'kube-apiserver-etcd-client', cnCount: 1, dns: ['a.example'], uri: [SPIFFE] });
+    expect([...id.o].sort()).toEqual(['b', 'system:masters']);
+    expect(id.serial).toBe(x.serialNumber.toUpperCase().replace(/^0+/, ''));
+    expect(id.notAfter).toBe(new Date(x.validTo).getTime());
+    expect(id.notBefore).toBe(new Date(x.validFrom).getTime());
+    expect(id.revocationKey).toBe(`${id.issuer}/${id.serial}`);
+  });
+
+  it('does not read an e-mail or directory-name SAN as a URI or DNS name, whatever its text', async () => {
+    for (const sans of [
+      [{ type: 'email' as const, value: `a URI:${SPIFFE}` }],
+      [{ type: 'email' as const, value: `x, URI:${SPIFFE}` }],
+      [{ type: 'dn' as const, value: `CN=URI:${SPIFFE}` }],
+      [{ type: 'email' as const, value: 'x DNS:backup.kube-system.svc' }],
+    ]) {
+      const id = identity((await issueOddCert(ca, { subject: [{ CN: ['workload'] }], sans })).cert);
+      expect(id.uri, JSON.stringify(sans)).toEqual([]);
+      expect(id.dns, JSON.stringify(sans)).toEqual([]);
+    }
+  });
+
+  it('counts every CN (a certificate with two is refused by the authorizer, not resolved)', async () => {
+    const id = identity((await issueOddCert(ca, { subject: [{ CN: ['a'] }, { CN: ['b'] }] })).cert);
+    expect(id.cnCount).toBe(2);
+    expect(identity((await issueOddCert(ca, { subject: [{ O: ['x'] }] })).cert)).toMatchObject({ cn: '', cnCount: 0 });
+  });
+
+  it('logs values escaped as RFC 4514 says, so a CN cannot pose as an O', async () => {
+    const id = identity((await issueOddCert(ca, { subject: [{ CN: ['intruder,O=system:masters'] }] })).cert);
+    expect(id.o).toEqual([]);
+    expect(describeIdentity(id)).toBe('CN=intruder\\,O\\=system:masters');
+    expect(escapeDn(' #a+b;c<d>e"f\\g ')).toBe('\\ #a\\+b\\;c\\<d\\>e\\"f\\\\g\\ ');
+    expect(escapeDn('#x')).toBe('\\#x');
+    expect(escapeDn('a\nb')).toBe('a\\0Ab');
+  });
+
+  it('serialHex drops the sign byte and leading zeros', () => {
+    expect(serialHex(Buffer.from('00ab01', 'hex'))).toBe('AB01');
+    expect(serialHex(Buffer.from('00', 'hex'))).toBe('0');
+  });
+});
+
+describe('CRLs are verified before they are used', () => {
+  it('accepts the CA own CRL and reads its revoked serials and nextUpdate', async () => {
+    const leaf = await issueCert(ca, { cn: 'x', usage: ['client'] });
+    const [crl] = readCrls(await createCRL(ca, [leaf.serial], { nextUpdateDays: 2 }), [new X509Certificate(ca.cert)]);
+    expect(crl!.revoked.has(identity(leaf.cert).serial)).toBe(true);
+    expect(crl!.issuer).toBe(identity(leaf.cert).issuer);
+    expect(Math.abs(crl!.nextUpdate!.getTime() - Date.now() - 2 * 86_400_000)).toBeLessThan(120_000);
+  });
+
+  it('refuses a CRL of the right name signed with another key', async () => {
+    expect(() => readCrls(Buffer.from('') + '', [])).toThrow(/not a PEM X509 CRL/);
+    const forged = await createCRL(sameName, []);
+    expect(() => readCrls(forged, [new X509Certificate(ca.cert)])).toThrow(/signature does not verify against CN=etcd-ca/);
+  });
+
+  it('refuses a CRL of a CA that is not in clientCA', async () => {
+    const foreign = await createCRL(other, []);
+    expect(() => readCrls(foreign, [new X509Certificate(ca.cert)])).toThrow(/issued by CN=other-ca, which is not a certificate in clientCA/);
+  });
+
+  it('reads every CRL of a file (one per CA in clientCA)', async () => {
+    const both = (await createCRL(ca, [])) + (await createCRL(other, []));
+    const crls = readCrls(both, [new X509Certificate(ca.cert), new X509Certificate(other.cert)]);
+    expect(crls.map((c) => c.issuerText)).toEqual(['CN=etcd-ca', 'CN=other-ca']);
+  });
+
+  it('readMaterial refuses a forged CRL with the key path, and keys its revocation list by issuer and serial', async () => {
+    const server = await issueCert(ca, { cn: 'ballast', dns: ['localhost'], usage: ['server'] });
+    const revoked = await issueCert(ca, { cn: 'r', usage: ['client'] });
+    const f = await writeFiles(dir, {
+      'ca.crt': ca.cert,
+      's.crt': server.cert,
+      's.key': server.key,
+      'good.crl': await createCRL(ca, [revoked.serial]),
+      'forged.crl': await createCRL(sameName, [revoked.serial]),
+    });
+    const profile = (crl: string) => ({ name: 'guard', cert: f['s.crt']!, key: f['s.key']!, clientCA: f['ca.crt']!, crl, allow: [], requireClientCert: true, minVersion: 'TLSv1.2' as const, handshakeTimeout: 5000, alpn: ['h2'] });
+    const m = readMaterial(profile(f['good.crl']!), { server: true, client: false });
+    expect(m.revoked.has(identity(revoked.cert).revocationKey)).toBe(true);
+    expect(m.crlNextUpdate).toBeInstanceOf(Date);
+    expect(() => readMaterial(profile(f['forged.crl']!), { server: true, client: false })).toThrow(/tls\.guard\.crl: .*forged\.crl: the CRL's signature does not verify/);
+  });
+});
