@@ -292,6 +292,9 @@ export class Ballast {
     // 3. Commit. Nothing below throws on valid input.
     for (const [name, p] of newProfiles) {
       const old = this.tls.get(name);
+      if (old?.config.crl !== undefined && p.config.crl === undefined && p.roles.server) {
+        this.log.warn({ profile: name, crl: old.config.crl }, `tls.${name}.crl: removed by this reload; clients it revoked are admitted again`);
+      }
       this.tls.set(name, p);
       p.watch();
       old?.close();

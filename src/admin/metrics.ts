@@ -37,6 +37,7 @@ export const METRICS = {
   readBuffers: { name: 'ballast_read_buffers', help: 'Private 256 KiB read buffers of plain sockets: leased (to a socket in a bulk transfer) or free (kept for reuse); at most 256 exist.', labels: ['state'] },
   tlsHandshakeFailures: { name: 'ballast_tls_handshake_failures_total', help: 'Refused TLS clients by reason (handshake or authorization).', labels: ['listener', 'reason'] },
   tlsExpiry: { name: 'ballast_tls_certificate_expiry_seconds', help: 'Seconds until the earliest certificate of the profile expires.', labels: ['profile'] },
+  tlsCrlNextUpdate: { name: 'ballast_tls_crl_next_update_timestamp_seconds', help: 'When the earliest CRL of the profile must be replaced (its nextUpdate); past it every client is refused as crl_error. Only profiles with a crl.', labels: ['profile'] },
   tlsReloads: { name: 'ballast_tls_reloads_total', help: 'Certificate rotations by result.', labels: ['profile', 'result'] },
   configReloads: { name: 'ballast_config_reloads_total', help: 'Config reloads by result, and for failures the reason: yaml, schema, tls_material, listen, restart_required, io.', labels: ['result', 'reason'] },
   discoverySyncs: { name: 'ballast_discovery_syncs_total', help: 'etcd member list syncs by result.', labels: ['cluster', 'result'] },
@@ -152,6 +153,7 @@ export class Metrics {
       }
     });
     gauge('tlsExpiry', (g) => b().tls.forEach((p) => Number.isFinite(p.expirySeconds()) && g.set({ profile: p.profile }, Math.round(p.expirySeconds()))));
+    gauge('tlsCrlNextUpdate', (g) => b().tls.forEach((p) => p.material.crlNextUpdate !== undefined && g.set({ profile: p.profile }, Math.floor(p.material.crlNextUpdate.getTime() / 1000))));
     counter('tlsReloads', (c) =>
       b().tls.forEach((p) => {
         c.inc({ profile: p.profile, result: 'ok' }, p.reloadsOk);

@@ -106,6 +106,7 @@ function singleStatus(b: Ballast): Record<string, unknown> {
       version: p.version,
       expiresInSeconds: Number.isFinite(p.expirySeconds(wall)) ? Math.round(p.expirySeconds(wall)) : null,
       certs: p.material.certs.map((c) => ({ role: c.role, file: c.file, subject: c.subject, serial: c.serial, notAfter: c.notAfter.toISOString() })),
+      crl: p.config.crl === undefined ? null : { file: p.config.crl, nextUpdate: p.material.crlNextUpdate?.toISOString() ?? null, stale: p.crlStale(wall), revoked: p.material.revoked.size },
       rotations: p.reloadsOk,
       rotationFailures: p.reloadsFailed,
       lastError: p.lastError ?? null,

@@ -363,6 +363,9 @@ function resolve(p: ParsedConfig, source: string, problems: string[]): Config {
     const used = listeners.some((l) => l.tls === name) || clusters.some((c) => c.tls === name || c.health.tls === name);
     if (!used) problems.push(`tls.${name}: defined but no listener or cluster uses it`);
     if (prof.allow.length > 0 && !prof.clientCA) problems.push(`tls.${name}.allow: rules need clientCA to verify the identities they match`);
+    // Allow rules name who may pass; with requireClientCert false a client that
+    // sends no certificate would pass them all. Say which is meant.
+    if (prof.allow.length > 0 && !prof.requireClientCert) problems.push(`tls.${name}.requireClientCert: false would admit clients that send no certificate past the allow rules; set it to true (the default) or remove allow`);
   }
 
   return {

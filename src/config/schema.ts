@@ -48,12 +48,16 @@ export function describe(v: unknown): string {
 
 // --- TLS profiles -----------------------------------------------------------
 
+// An empty pattern would match a certificate without that attribute (every
+// CN-less certificate for `cn: ""`): refused, so an empty value is a typo, not a wildcard.
+const pattern = (what: string) => z.string().min(1, `an empty ${what} pattern would match certificates without a ${what}; remove the key or write "*"`).optional();
+
 const allowRule = z
   .strictObject({
-    cn: z.string().optional(),
-    o: z.string().optional(),
-    dns: z.string().optional(),
-    uri: z.string().optional(),
+    cn: pattern('cn'),
+    o: pattern('o'),
+    dns: pattern('dns'),
+    uri: pattern('uri'),
   })
   .refine((r) => r.cn !== undefined || r.o !== undefined || r.dns !== undefined || r.uri !== undefined, {
     message: 'an allow rule needs at least one of cn, o, dns, uri',

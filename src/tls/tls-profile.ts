@@ -41,6 +41,20 @@ export class TlsProfileRuntime implements TlsTerminator {
     this.profile = config.name;
     this.material = readMaterial(config, roles);
     this.authorizer = new Authorizer(config.allow);
+    this.warnIfCrlStale();
+  }
+
+  /** Whether the CRL's nextUpdate has passed: OpenSSL then refuses every client (crl_error) until a fresh CRL is in place. */
+  crlStale(now = Date.now()): boolean {
+    return this.material.crlNextUpdate !== undefined && this.material.crlNextUpdate.getTime() < now;
+  }
+
+  private warnIfCrlStale(): void {
+    if (!this.crlStale()) return;
+    this.log.warn(
+      { profile: this.profile, crl: this.config.crl, nextUpdate: this.material.crlNextUpdate!.toISOString() },
+      `tls.${this.profile}.crl: ${this.config.crl} is past its nextUpdate (${this.material.crlNextUpdate!.toISOString()}): every client is refused as crl_error until a fresh CRL replaces it (ballast certs crl, or your CA's)`,
+    );
   }
 
   // --- termination ----------------------------------------------------------
@@ -126,6 +140,7 @@ export class TlsProfileRuntime implements TlsTerminator {
     this.lastError = undefined;
     const leaf = next.certs.find((c) => c.role === 'cert');
     this.log.info({ profile: this.profile, trigger: reason, notAfter: leaf?.notAfter, serial: leaf?.serial }, `tls.${this.profile}: rotated; new handshakes use the new material`);
+    this.warnIfCrlStale();
     if (next.server) for (const fn of this.listeners) fn(next.server);
     return true;
   }

@@ -10,7 +10,8 @@ import path from 'node:path';
 import tls from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createCA, createCRL, issueCert, type CertAuthority } from '../../src/tls/certs.js';
-import { runCli, writeConfig, type ChildBallast } from '../support/ballast.js';
+import { parseConfig } from '../../src/config/load.js';
+import { runCli, startInProcess, writeConfig, type ChildBallast, type InProcess } from '../support/ballast.js';
 import { issueOddCert } from '../support/odd-cert.js';
 import { makePki, type Pki } from '../support/pki.js';
 import { freePorts } from '../support/ports.js';
@@ -272,3 +273,39 @@ clusters:
     });
   });
 }
+
+describe('reloads that change who gets in', () => {
+  let p: InProcess | undefined;
+  afterAll(async () => {
+    await p?.stop();
+  });
+
+  it('turning client certificates on for a running listener asks for them (and the allow rules apply); removing the CRL warns', async () => {
+    const f = pki.files;
+    const [port] = (await freePorts(1)) as [number];
+    const yaml = (tlsBody: string) => `
+tls:
+  guard:
+    cert: ${f['ballast-server.crt']}
+    key: ${f['ballast-server.key']}
+${tlsBody}
+listeners:
+  - { name: guard, listen: 127.0.0.1:${port}, cluster: back, tls: guard }
+clusters:
+  - { name: back, endpoints: [127.0.0.1:${echo.port}], health: { check: tcp, interval: 200ms, timeout: 150ms, rise: 1 } }
+`;
+    p = await startInProcess(yaml('    requireClientCert: false'));
+    await eventually(() => p!.ballast.clusters.get('back')!.endpoints.every((e) => e.state === 'up'), 'backend up');
+    expect((await attempt(port, undefined)).result).toBe('open');
+    const guarded = `    clientCA: ${f['ca.crt']}\n    crl: ${f['crl.pem']}\n    allow: [{ cn: ${CN} }]`;
+    await p.ballast.reload(parseConfig(yaml(guarded), '<reload>'));
+    expect((await attempt(port, creds.apiserver)).result).toBe('open');
+    expect((await attempt(port, undefined)).result).toBe('refused');
+    expect((await attempt(port, creds.intruder)).result).toBe('refused');
+    expect((await attempt(port, creds.revoked)).result).toBe('refused');
+    expect(p.ballast.listeners.get('guard')!.tlsFailures.get('cert_revoked')).toBe(1);
+    await p.ballast.reload(parseConfig(yaml(`    clientCA: ${f['ca.crt']}\n    allow: [{ cn: ${CN} }]`), '<reload>'));
+    expect(p.lines.some((l) => l.level === 'warn' && /tls\.guard\.crl: removed by this reload; clients it revoked are admitted again/.test(l.msg))).toBe(true);
+    expect((await attempt(port, creds.revoked)).result).toBe('open');
+  });
+});

@@ -3,8 +3,9 @@
 import { createHash, X509Certificate } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createCA, createCRL, issueCert, type CertAuthority } from '../../src/tls/certs.js';
+import { Authorizer, glob } from '../../src/tls/authorizer.js';
 import { readCrls } from '../../src/tls/crl.js';
-import { describeIdentity, escapeDn, parseIdentity, serialHex } from '../../src/tls/identity.js';
+import { describeIdentity, escapeDn, parseIdentity, serialHex, type Identity } from '../../src/tls/identity.js';
 import { readMaterial } from '../../src/tls/material.js';
 import { issueOddCert } from '../support/odd-cert.js';
 import { makeTempDir, removeDir, writeFiles } from '../support/tmp.js';
@@ -119,5 +120,43 @@ describe('CRLs are verified before they are used', () => {
     expect(m.revoked.has(identity(revoked.cert).revocationKey)).toBe(true);
     expect(m.crlNextUpdate).toBeInstanceOf(Date);
     expect(() => readMaterial(profile(f['forged.crl']!), { server: true, client: false })).toThrow(/tls\.guard\.crl: .*forged\.crl: the CRL's signature does not verify/);
+  });
+});
+
+describe('allow rules', () => {
+  const id = (over: Partial<Identity>): Identity => ({ cn: '', cnCount: 1, o: [], dns: [], uri: [], fingerprint: 'f', serial: '1', issuer: 'i', revocationKey: 'i/1', notBefore: 0, notAfter: 1, ...over });
+
+  it('a rule with cn and o needs both; with no O, or another O, the CN alone is not enough', () => {
+    const a = new Authorizer([{ cn: 'kube-apiserver-etcd-client', o: 'system:masters' }]);
+    expect(a.allows(id({ cn: 'kube-apiserver-etcd-client', o: ['system:masters'] }))).toBe(true);
+    expect(a.allows(id({ cn: 'kube-apiserver-etcd-client', o: ['x', 'system:masters'] }))).toBe(true);
+    expect(a.allows(id({ cn: 'kube-apiserver-etcd-client' }))).toBe(false);
+    expect(a.allows(id({ cn: 'kube-apiserver-etcd-client', o: ['system:nodes'] }))).toBe(false);
+    expect(a.allows(id({ cn: 'other', o: ['system:masters'] }))).toBe(false);
+  });
+
+  it('any rule admits; no rules admit every verified client', () => {
+    const a = new Authorizer([{ cn: 'a' }, { uri: 'spiffe://td/x' }]);
+    expect(a.allows(id({ cn: 'a' }))).toBe(true);
+    expect(a.allows(id({ cn: 'b', uri: ['spiffe://td/y', 'spiffe://td/x'] }))).toBe(true);
+    expect(a.allows(id({ cn: 'b', dns: ['spiffe://td/x'] }))).toBe(false);
+    expect(new Authorizer([]).allows(id({}))).toBe(true);
+  });
+
+  it('in uri and dns, * and ? stay within a segment; ** crosses', () => {
+    expect(glob('spiffe://td/ns/*/sa/x', '/').test('spiffe://td/ns/kube-system/sa/x')).toBe(true);
+    expect(glob('spiffe://td/ns/*/sa/x', '/').test('spiffe://td/ns/a/sa/b/sa/x')).toBe(false);
+    expect(glob('spiffe://td/ns/?/sa/x', '/').test('spiffe://td/ns///sa/x')).toBe(false);
+    expect(glob('spiffe://td/**', '/').test('spiffe://td/ns/a/sa/b')).toBe(true);
+    expect(glob('*.kube-system.svc', '.').test('etcd.kube-system.svc')).toBe(true);
+    expect(glob('*.kube-system.svc', '.').test('evil.example.kube-system.svc')).toBe(false);
+    expect(glob('**.kube-system.svc', '.').test('a.b.kube-system.svc')).toBe(true);
+  });
+
+  it('in cn and o, * is any run of characters; everything else is literal', () => {
+    expect(glob('system:node:*').test('system:node:a/b.c')).toBe(true);
+    expect(glob('a.b').test('axb')).toBe(false);
+    expect(glob('a+b(c)').test('a+b(c)')).toBe(true);
+    expect(glob('x').test('x\n')).toBe(false);
   });
 });
