@@ -125,6 +125,10 @@ async function run(args: string[]): Promise<number> {
   }
   const config = await loadChecked(path);
   if (!config) return 2;
+  // Sockets and files ballast makes are its own until it widens them
+  // (socketMode): a unix listener is never connectable by others between
+  // bind and chmod, whatever umask ballast was started with.
+  process.umask(0o077);
   const { createLogger } = await import('./log.js');
   const { Ballast } = await import('./ballast.js');
   const { AdminServer } = await import('./admin/admin-server.js');

@@ -6,6 +6,7 @@ import type { Logger } from 'pino';
 import type { Ballast } from '../ballast.js';
 import type { Address } from '../config/address.js';
 import { adminConnectionCap, fds } from '../listener/fd-budget.js';
+import { removeStaleSocket } from '../listener/listener.js';
 import { RateLimitedLog } from '../log.js';
 import { statusDocument } from './status.js';
 import { STATUS_PAGE } from './status-page.js';
@@ -86,6 +87,8 @@ export class AdminServer {
     });
     this.server = server;
     const a = this.address;
+    // A stale socket of a dead ballast is replaced; a regular file or a live socket is not.
+    if (a.kind === 'unix') await removeStaleSocket(a.path, this.key);
     await new Promise<void>((resolve, reject) => {
       const onError = (err: NodeJS.ErrnoException) =>
         reject(new Error(`admin.${this.scope === 'full' ? 'listen' : 'metricsListen'}: cannot listen on ${a.text}: ${err.code ?? err.message}${err.code === 'EADDRINUSE' ? ' (another process is there; set admin.listen to a free port)' : ''}`));
@@ -94,14 +97,8 @@ export class AdminServer {
         server.removeListener('error', onError);
         resolve();
       };
-      if (a.kind === 'unix') {
-        try {
-          unlinkSync(a.path);
-        } catch {
-          // not there
-        }
-        server.listen(a.path, done);
-      } else server.listen({ host: a.host === '' ? undefined : a.host, port: a.port }, done);
+      if (a.kind === 'unix') server.listen(a.path, done);
+      else server.listen({ host: a.host === '' ? undefined : a.host, port: a.port }, done);
     });
     if (a.kind === 'unix') chmodSync(a.path, 0o600);
   }
@@ -171,9 +168,11 @@ export class AdminServer {
   async close(): Promise<void> {
     const s = this.server;
     if (!s) return;
+    const bound = s.listening;
     s.closeAllConnections();
     await new Promise<void>((resolve) => s.close(() => resolve()));
-    if (this.address.kind === 'unix') {
+    // Only a socket this server made is removed (never what was at the path when binding failed).
+    if (this.address.kind === 'unix' && bound) {
       try {
         unlinkSync(this.address.path);
       } catch {

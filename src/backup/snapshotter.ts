@@ -169,6 +169,7 @@ export class Snapshotter {
   private controller: AbortController | undefined;
   /** The member whose last attempt failed: passed over next time if another one qualifies. */
   private lastFailedMember: string | undefined;
+  private warnedDirMode = false;
 
   constructor(readonly opts: SnapshotterOptions) {
     this.stats = opts.stats ?? emptyBackupStats();
@@ -224,6 +225,14 @@ export class Snapshotter {
       await fsp.mkdir(o.dir, { recursive: true, mode: 0o700 }).catch((err: Error) => {
         throw new BackupError('io', `cannot create ${o.dir}: ${err.message}`);
       });
+      if (!this.warnedDirMode) {
+        // Snapshots hold every Secret; a directory others may write lets them swap or delete one.
+        const mode = (await fsp.stat(o.dir)).mode & 0o777;
+        if ((mode & 0o022) !== 0) {
+          this.warnedDirMode = true;
+          o.log.warn({ dir: o.dir, mode: mode.toString(8).padStart(4, '0') }, `backup.dir ${o.dir} is writable by ${mode & 0o002 ? 'every user' : 'its group'} (mode ${mode.toString(8).padStart(4, '0')}): they could replace or delete snapshots; chmod 0700 it`);
+        }
+      }
       lock = await DirLock.acquire(o.dir, o.timeoutMs);
       await this.removeStalePartials();
 

@@ -164,7 +164,7 @@ export class Listener implements ListenerPort {
 
   private async listenUnix(server: Server, path: string): Promise<void> {
     // Workers share one unix socket through node:cluster; the primary removed any stale file before forking.
-    if (this.sharing === 'exclusive') await removeStaleSocket(path, this.name);
+    if (this.sharing === 'exclusive') await removeStaleSocket(path, `listeners.${this.name}`);
     await new Promise<void>((resolve, reject) => {
       const onError = (err: NodeJS.ErrnoException) => reject(listenError(this.name, `unix:${path}`, err));
       server.once('error', onError);
@@ -364,14 +364,14 @@ function listenError(name: string, address: string, err: NodeJS.ErrnoException):
 }
 
 /** A socket file left by a dead ballast is removed; one that still answers is an error. */
-export async function removeStaleSocket(path: string, name: string): Promise<void> {
+export async function removeStaleSocket(path: string, where: string): Promise<void> {
   let isSocket = false;
   try {
     isSocket = lstatSync(path).isSocket();
   } catch {
     return;
   }
-  if (!isSocket) throw new Error(`listeners.${name}: ${path} exists and is not a socket; refusing to replace it`);
+  if (!isSocket) throw new Error(`${where}: ${path} exists and is not a socket; refusing to replace it (choose another path, or remove the file if it is not needed)`);
   const alive = await new Promise<boolean>((resolve) => {
     const s = netConnect({ path });
     s.once('connect', () => {
@@ -380,6 +380,6 @@ export async function removeStaleSocket(path: string, name: string): Promise<voi
     });
     s.once('error', () => resolve(false));
   });
-  if (alive) throw new Error(`listeners.${name}: unix:${path} is in use by another process`);
+  if (alive) throw new Error(`${where}: unix:${path} is in use by another process`);
   unlinkSync(path);
 }

@@ -42,7 +42,7 @@ export class Supervisor {
     b.metrics.fromWorkers = async () => (await this.collect()).map((s) => s.metrics);
     b.statsFromWorkers = () => this.collect();
     // A unix socket listener is shared through node:cluster: clean a stale file once, here.
-    for (const l of b.config.listeners) if (l.listen.kind === 'unix') await removeStaleSocket(l.listen.path, l.name);
+    for (const l of b.config.listeners) if (l.listen.kind === 'unix') await removeStaleSocket(l.listen.path, `listeners.${l.name}`);
     if (this.sharing === 'shared') cluster.schedulingPolicy = cluster.SCHED_NONE;
     cluster.setupPrimary({ silent: false });
     const starting: Promise<void>[] = [];

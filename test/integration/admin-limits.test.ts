@@ -4,11 +4,12 @@
 // may take descriptors from the data path, hold connections forever, or answer
 // a page that thinks it is talking to evil.example (issue #15).
 import { spawn, type ChildProcess } from 'node:child_process';
-import { readdirSync } from 'node:fs';
+import { readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
 import http from 'node:http';
 import net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { CLI, REPO, startInProcess, writeConfig, type InProcess } from '../support/ballast.js';
+import { CLI, REPO, runCliToEnd, startInProcess, writeConfig, type InProcess } from '../support/ballast.js';
 import { freePorts } from '../support/ports.js';
 import { closed, connect, eventually, readUntil, startEchoServer, type TestServer } from '../support/servers.js';
 import { makeTempDir, removeDir } from '../support/tmp.js';
@@ -202,5 +203,47 @@ clusters:
   it('keeps the admin port answering when the data path is full too (its descriptors are held back from the data path)', () => {
     expect(seen.adminReadyWhileFull).toBe(10);
     expect(seen.fdsWhileFull).toBeLessThanOrEqual(NOFILE - CAP);
+  });
+});
+
+describe('unix sockets: what ballast replaces and who can connect', () => {
+  it('refuses an admin.listen path that is a regular file, and leaves the file alone', async () => {
+    const file = path.join(dir, 'precious.txt');
+    writeFileSync(file, 'not a socket');
+    const [port] = (await freePorts(1)) as [number];
+    const cfg = writeConfig(dir, `
+admin: { listen: "unix:${file}" }
+listeners:
+  - { name: front, listen: 127.0.0.1:${port}, cluster: back }
+clusters:
+  - { name: back, endpoints: [127.0.0.1:1], health: { check: tcp, interval: 1h } }
+`, 'admin-file.yaml');
+    const r = await runCliToEnd(['run', '--config', cfg], { timeoutMs: 20_000 });
+    expect(r.code).not.toBe(0);
+    expect(r.stdout + r.stderr).toMatch(/admin\.listen: .*precious\.txt exists and is not a socket; refusing to replace it/);
+    expect(readFileSync(file, 'utf8')).toBe('not a socket');
+  });
+
+  it('runs with umask 077 whatever it was started with, so a socket is never open to others before its chmod', async () => {
+    const [port, admin] = (await freePorts(2)) as [number, number];
+    const sock = path.join(dir, 'front.sock');
+    const cfg = writeConfig(dir, `
+admin: { listen: 127.0.0.1:${admin} }
+listeners:
+  - { name: front, listen: "unix:${sock}", cluster: back, socketMode: "0660" }
+  - { name: tcp, listen: 127.0.0.1:${port}, cluster: back }
+clusters:
+  - { name: back, endpoints: [127.0.0.1:1], health: { check: tcp, interval: 1h } }
+`, 'umask.yaml');
+    const child = spawn('sh', ['-c', `umask 000; exec "${process.execPath}" "${CLI}" run --config "${cfg}"`], { stdio: 'ignore', cwd: REPO });
+    try {
+      await eventually(async () => (await fetch(`http://127.0.0.1:${admin}/healthz`).catch(() => undefined))?.status === 200, 'ballast up', 15_000, 50);
+      const umask = readFileSync(`/proc/${child.pid}/status`, 'utf8').match(/^Umask:\s*(\d+)/m)?.[1];
+      expect(umask).toBe('0077');
+      expect(statSync(sock).mode & 0o777).toBe(0o660);
+    } finally {
+      child.kill('SIGKILL');
+      await new Promise((r) => child.once('exit', r));
+    }
   });
 });

@@ -209,6 +209,21 @@ ${backup}`;
     for (const [n, c] of Object.entries(foreign)) expect(await fsp.readFile(path.join(d, n), 'utf8')).toBe(c);
   });
 
+  it('warns once when the backup directory is writable by others (snapshots hold every Secret)', async () => {
+    const { log, lines } = memoryLogger();
+    const s = snapshotter('open-dir', { log });
+    await fsp.mkdir(s.opts.dir, { recursive: true });
+    await fsp.chmod(s.opts.dir, 0o777);
+    await s.take();
+    await s.take();
+    const warned = lines.filter((l) => l.level === 'warn' && /is writable by every user \(mode 0777\).*chmod 0700/.test(l.msg));
+    expect(warned).toHaveLength(1);
+    const { log: quiet, lines: none } = memoryLogger();
+    const t = snapshotter('closed-dir', { log: quiet });
+    await t.take();
+    expect(none.filter((l) => l.level === 'warn' && /writable/.test(l.msg))).toEqual([]);
+  });
+
   it('two snapshots never run at once: the second is refused as busy, in-process and through the directory lock', async () => {
     const s1 = snapshotter('busy');
     let s2Result: Promise<unknown> | undefined;
