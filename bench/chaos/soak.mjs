@@ -298,6 +298,7 @@ clusters:
     endpoints: [${seeds.join(', ')}]
     discovery: etcd-members
     syncInterval: ${syncInterval}
+    discoveryHosts: ["127.0.0.1:*"]
     tls: to-etcd
     balance: affinity
     affinity: { key: client-identity }

@@ -97,7 +97,7 @@ function singleStatus(b: Ballast): Record<string, unknown> {
         healthy: c.eligibleCount,
         panic: c.panicMode,
         endpoints,
-        discovery: d ? { members: d.members.map((m) => ({ id: m.id, name: m.name, clientURLs: m.clientURLs, learner: m.isLearner })), syncsOk: d.syncsOk, syncsFailed: d.syncsFailed, lastError: d.lastError ?? null } : null,
+        discovery: d ? { members: d.members.map((m) => ({ id: m.id, name: m.name, clientURLs: m.clientURLs, learner: m.isLearner })), syncsOk: d.syncsOk, syncsFailed: d.syncsFailed, lastError: d.lastError ?? null, refused: d.refused } : null,
         affinity: a ? { placements: a.placementCount, moves: Object.fromEntries(a.moves), behindMoves: a.behindMoves, stickiness: c.config.affinity.stickiness } : null,
       };
     }),

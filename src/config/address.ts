@@ -65,3 +65,39 @@ export function addressKey(a: Address): string {
   if (a.kind === 'unix') return `unix:${a.path}`;
   return a.family === 6 ? `[${a.host}]:${a.port}` : `${a.host}:${a.port}`;
 }
+
+/** `10.0.0.0/24` or `fd00::/64`; undefined when `text` is not a CIDR. */
+export function parseCidr(text: string): { ip: string; prefix: number; family: 'ipv4' | 'ipv6' } | undefined {
+  const m = /^([0-9a-fA-F:.]+)\/(\d{1,3})$/.exec(text.trim());
+  if (!m) return undefined;
+  const family = isIP(m[1]!);
+  const prefix = Number(m[2]);
+  if (family === 0 || prefix > (family === 4 ? 32 : 128)) return undefined;
+  return { ip: m[1]!, prefix, family: family === 4 ? 'ipv4' : 'ipv6' };
+}
+
+/**
+ * A discoveryHosts entry: `HOST`, `CIDR`, either with `:PORT` or `:*`
+ * (IPv6 in brackets when a port follows: `[fd00::/64]:*`). Without a port,
+ * the seeds' ports apply. Undefined when malformed.
+ */
+export function parseHostEntry(text: string): { host: string; port: number | '*' | undefined } | undefined {
+  const t = text.trim();
+  let host = t;
+  let portText: string | undefined;
+  const bracket = /^\[([^\]]+)\](?::(\d+|\*))?$/.exec(t);
+  if (bracket) {
+    host = bracket[1]!;
+    portText = bracket[2];
+  } else if (t.indexOf(':') !== -1 && t.indexOf(':') === t.lastIndexOf(':')) {
+    host = t.slice(0, t.indexOf(':'));
+    portText = t.slice(t.indexOf(':') + 1);
+  }
+  const hostName = /^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$/i;
+  if (parseCidr(host) === undefined && isIP(host) === 0 && !hostName.test(host)) return undefined;
+  if (portText === undefined) return { host, port: undefined };
+  if (portText === '*') return { host, port: '*' };
+  const port = Number(portText);
+  if (!/^\d+$/.test(portText) || port < 1 || port > 65535) return undefined;
+  return { host, port };
+}

@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { parseDocument } from 'yaml';
 import type { z } from 'zod';
-import { addressKey, type Address } from './address.js';
+import { addressKey, parseHostEntry, type Address } from './address.js';
 import { configSchema, type AllowRule, type BackupConfig, type ParsedConfig, type TlsProfileConfig } from './schema.js';
 
 // Loading is a pure function from text to either a complete, cross-checked
@@ -39,6 +39,8 @@ export interface ClusterConfig {
   endpoints: EndpointSpec[];
   discovery: 'static' | 'etcd-members';
   syncInterval: number;
+  discoveryHosts: string[];
+  discoveryMaxMembers: number;
   tls: string | undefined;
   balance: 'round-robin' | 'least-connections' | 'random-two' | 'affinity';
   affinity: { key: 'client-identity' | 'source-ip' | 'cn' | 'san'; stickiness: 'sticky' | 'rehash'; ttl: number; preferLocal: string | undefined };
@@ -201,7 +203,7 @@ const SECTION_KEYS: Record<string, string[]> = {
   log: ['level'],
   'tls.*': ['cert', 'key', 'ca', 'clientCA', 'crl', 'allow', 'requireClientCert', 'minVersion', 'ciphers', 'handshakeTimeout', 'servername', 'alpn'],
   listeners: ['name', 'listen', 'cluster', 'tls', 'maxConnections', 'idleTimeout', 'socketMode', 'accessLog', 'backlog'],
-  clusters: ['name', 'endpoints', 'discovery', 'syncInterval', 'tls', 'balance', 'affinity', 'connectTimeout', 'connectAttempts', 'health', 'outlier', 'onDown', 'slowStart', 'panic', 'keepalive'],
+  clusters: ['name', 'endpoints', 'discovery', 'syncInterval', 'discoveryHosts', 'discoveryMaxMembers', 'tls', 'balance', 'affinity', 'connectTimeout', 'connectAttempts', 'health', 'outlier', 'onDown', 'slowStart', 'panic', 'keepalive'],
   'clusters.health': ['check', 'interval', 'timeout', 'rise', 'fall', 'jitter', 'path', 'expectStatus', 'expectBody', 'maxRaftLag', 'host', 'tls'],
   'clusters.outlier': ['consecutiveFailures', 'baseEjection', 'maxEjection'],
   'clusters.affinity': ['key', 'stickiness', 'ttl', 'preferLocal'],
@@ -324,6 +326,9 @@ function resolve(p: ParsedConfig, source: string, problems: string[]): Config {
       problems.push(`${at}.discovery: etcd-members needs health.check: etcd (members are judged by their raft status)`);
     }
     if (c.outlier.maxEjection < c.outlier.baseEjection) problems.push(`${at}.outlier.maxEjection: shorter than baseEjection`);
+    c.discoveryHosts.forEach((h, j) => {
+      if (parseHostEntry(h) === undefined) problems.push(`${at}.discoveryHosts[${j}]: expected an IP, a host name or a CIDR, optionally with :PORT or :* (like 10.0.0.0/24 or 127.0.0.1:*), got "${h}"`);
+    });
     const affinity = {
       key: c.affinity?.key ?? 'client-identity',
       stickiness: c.affinity?.stickiness ?? 'sticky',
@@ -335,6 +340,8 @@ function resolve(p: ParsedConfig, source: string, problems: string[]): Config {
       endpoints,
       discovery: c.discovery,
       syncInterval: c.syncInterval,
+      discoveryHosts: c.discoveryHosts,
+      discoveryMaxMembers: c.discoveryMaxMembers,
       tls: c.tls,
       balance: c.balance,
       affinity,

@@ -169,6 +169,10 @@ export const clusterSchema = z.strictObject({
   endpoints: z.array(endpoint).default([]),
   discovery: z.enum(['static', 'etcd-members'], { error: (iss) => `expected static or etcd-members, got ${describe(iss.input)}` }).default('static'),
   syncInterval: duration(100).prefault('30s'),
+  /** Hosts a discovered member may advertise besides the seeds' hosts: IPs, host names, or CIDRs like 10.0.0.0/24. */
+  discoveryHosts: z.array(z.string().min(1)).default([]),
+  /** Discovery refuses a member list with more voting members than this (etcd clusters have 3, 5 or 7). */
+  discoveryMaxMembers: int(1, 100).default(9),
   /** TLS profile to originate with; absent means plain TCP (or passthrough of the client's TLS). */
   tls: name.optional(),
   balance: z

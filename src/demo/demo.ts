@@ -113,6 +113,7 @@ clusters:
     endpoints: [https://127.0.0.1:${clientPorts[0]}]   # a seed: the others are discovered
     discovery: etcd-members
     syncInterval: 5s
+    discoveryHosts: ["127.0.0.1:*"]   # the demo's members share 127.0.0.1 on their own ports
     tls: to-etcd
     balance: affinity
     health: { check: etcd }

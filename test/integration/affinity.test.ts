@@ -24,7 +24,7 @@ let proxy: InProcess;
 let port: number;
 const IDENTITIES = 30;
 
-function configYaml(listenPort: number, adminPort?: number): string {
+function configYaml(listenPort: number, adminPort?: number, discoveryHosts = '["127.0.0.1:*"]'): string {
   const f = pki.files;
   return `
 ${adminPort ? `admin: { listen: 127.0.0.1:${adminPort} }` : 'admin: { enabled: false }'}
@@ -39,6 +39,8 @@ clusters:
     endpoints: [${etcd.members[0]!.clientUrl}]
     discovery: etcd-members
     syncInterval: 1s
+    # The test members share 127.0.0.1 on different ports; real members share a port.
+    discoveryHosts: ${discoveryHosts}
     tls: to-etcd
     balance: affinity
     affinity: { key: client-identity, stickiness: sticky, ttl: 10m }
@@ -240,6 +242,22 @@ describe('monotonic reads through ballast', () => {
 });
 
 describe('members discovered from etcd itself', () => {
+  it('refuses an advertised URL outside the seed hosts and ports (and discoveryHosts), says why, and keeps what it may use', async () => {
+    const [p2] = (await freePorts(1)) as [number];
+    const strict = await startInProcess(configYaml(p2, undefined, '[]'));
+    try {
+      const d = () => strict.ballast.discovery.get('etcd')!;
+      await eventually(() => d().syncsOk >= 1, 'a sync', 20_000);
+      const seed = etcd.members[0]!.clientUrl.replace('https://', '');
+      expect(strict.ballast.clusters.get('etcd')!.endpoints.map((e) => e.id)).toEqual([seed]);
+      expect(d().refused.map((r) => r.url).sort()).toEqual(etcd.members.slice(1, 3).map((m) => m.clientUrl).sort());
+      for (const r of d().refused) expect(r.reason).toMatch(/^port \d+ is not allowed for 127\.0\.0\.1 .*127\.0\.0\.1:\* in discoveryHosts/);
+      expect(strict.lines.filter((l) => l.level === 'warn' && /discovery refused member/.test(l.msg))).toHaveLength(2);
+    } finally {
+      await strict.stop();
+    }
+  });
+
   it('picks up a member replaced by runtime reconfiguration, with no config change and traffic flowing', async () => {
     const cluster = proxy.ballast.clusters.get('etcd')!;
     const w = new EtcdWriter(`https://127.0.0.1:${port}`, 'replace', {

@@ -5,6 +5,7 @@ import { addressKey, parseAddress } from '../../config/address.js';
 import type { EndpointSpec } from '../../config/load.js';
 import type { Cluster } from '../cluster.js';
 import { hexId, loadEtcd3 } from '../etcd-client.js';
+import { MemberFilter } from './member-filter.js';
 import type { CheckTls } from '../health/http-check.js';
 
 // Members from etcd itself: every syncInterval (and at once when a member goes
@@ -26,6 +27,9 @@ export class EtcdMemberDiscovery {
   lastError: string | undefined;
   lastSyncAt = 0;
   members: MemberInfo[] = [];
+  /** Members whose advertised URL was refused at the last sync, and why. */
+  refused: { member: string; url: string; reason: string }[] = [];
+  private readonly warned = new Set<string>();
   private timer: TimerHandle | undefined;
   private client: { hosts: string; version: number; etcd: Etcd3 } | undefined;
   private running: Promise<void> | undefined;
@@ -95,6 +99,14 @@ export class EtcdMemberDiscovery {
       clientURLs: m.clientURLs ?? [],
       isLearner: m.isLearner === true,
     }));
+    const voting = members.filter((m) => !m.isLearner && m.clientURLs.length > 0).length;
+    if (voting > this.cluster.config.discoveryMaxMembers) {
+      this.syncsFailed++;
+      this.consecutiveFailures++;
+      this.lastError = `member list has ${voting} voting members, more than discoveryMaxMembers (${this.cluster.config.discoveryMaxMembers})`;
+      this.log.warn({ cluster: this.cluster.name, voting }, `${this.cluster.name}: ${this.lastError}; keeping the last known members (raise clusters[].discoveryMaxMembers if this is real)`);
+      return;
+    }
     const specs = this.toSpecs(members);
     if (specs.length === 0) {
       this.syncsFailed++;
@@ -119,6 +131,11 @@ export class EtcdMemberDiscovery {
 
   private toSpecs(members: MemberInfo[]): EndpointSpec[] {
     const seeds = this.seeds();
+    const cfg = this.cluster.config;
+    const seedSchemes = new Set(seeds.map((s) => (s.address.kind === 'inet' ? s.address.scheme : undefined)).filter((x) => x !== undefined));
+    const scheme = seedSchemes.size === 1 ? ([...seedSchemes][0] as 'http' | 'https') : cfg.tls !== undefined || cfg.health.tls !== undefined ? 'https' : 'http';
+    const filter = new MemberFilter(seeds.map((s) => s.address), cfg.discoveryHosts, scheme);
+    const refused: typeof this.refused = [];
     const out: EndpointSpec[] = [];
     for (const m of members) {
       // Learners are never picked: they do not serve linearizable requests.
@@ -127,10 +144,24 @@ export class EtcdMemberDiscovery {
       const url = m.clientURLs[0]!;
       const r = parseAddress(url.replace(/^unix:\/\//, 'unix:'), { allowScheme: true, allowHostname: true });
       if (!r.ok) continue;
+      const verdict = filter.check(url, r.address);
+      if (!verdict.ok) {
+        refused.push({ member: m.name || m.id, url, reason: verdict.reason });
+        const key = `${m.id} ${url}`;
+        if (!this.warned.has(key)) {
+          this.warned.add(key);
+          this.log.warn(
+            { cluster: this.cluster.name, member: m.name, memberId: m.id, url, reason: verdict.reason },
+            `${this.cluster.name}: discovery refused member ${m.name || m.id} at ${url}: ${verdict.reason}; add its host to clusters[].discoveryHosts if it is genuine`,
+          );
+        }
+        continue;
+      }
       const id = addressKey(r.address);
       const seed = seeds.find((s) => s.id === id);
       out.push({ address: r.address, id, servername: seed?.servername, weight: seed?.weight ?? 100 });
     }
+    this.refused = refused;
     return out;
   }
 
