@@ -185,7 +185,7 @@ export async function tlsLoad({ target, pki, connections, warmup, duration, clos
   ];
   const { j, cpu } = await markedClient('tls-client', args, { meter, limitMs: (warmup + duration + 20) * 1000 });
   return {
-    r: { requests: j.requests, seconds: j.seconds, rps: j.requests / j.seconds, p50us: j.latency_us.p50, p99us: j.latency_us.p99, errors: j.errors, errorDetail: j.errors ? { errors: j.errors, resumed: j.resumed } : { resumed: j.resumed } },
+    r: { requests: j.requests, seconds: j.seconds, rps: j.requests / j.seconds, p50us: j.latency_us.p50, p99us: j.latency_us.p99, errors: j.errors, errorDetail: j.errors ? { errors: j.errors, resumed: j.resumed } : { resumed: j.resumed }, ...(close && resume && j.requests > 0 ? { resumedShare: j.resumed / j.requests } : {}) },
     cpu,
   };
 }

@@ -26,6 +26,7 @@ export function runMetrics(kind, { r, cpu }) {
       p99us: r.p99us,
       requests: r.requests,
       reqPerCpuSec: proxyCpu ? r.requests / proxyCpu : undefined,
+      resumedShare: r.resumedShare,
     });
   } else {
     Object.assign(m, {
@@ -63,6 +64,7 @@ const ROWS = {
     { key: 'proxySysShare', label: 'proxy CPU in kernel (share)', proxyOnly: true, digits: 2 },
     { key: 'backendCores', label: 'backend CPU (cores busy)', digits: 2 },
     { key: 'machineCores', label: 'whole machine (cores busy)', digits: 2 },
+    { key: 'resumedShare', label: 'client TLS sessions resumed (share)', digits: 2, optional: true },
     { key: 'errors', label: 'errors (all rounds)', sum: true },
   ],
   etcd: [
@@ -112,7 +114,8 @@ function pairedRatio(rounds, num, den, key) {
 
 /** Summary of one scenario: per row, per target median/min/max, and ratios. */
 export function summarize(kind, rounds) {
-  return ROWS[kind].map((row) => {
+  const rows = ROWS[kind].filter((row) => !row.optional || TARGETS.some((t) => values(rounds, t, row.key).length > 0));
+  return rows.map((row) => {
     const cells = {};
     for (const t of TARGETS) {
       if (row.proxyOnly && t === 'direct') continue;
