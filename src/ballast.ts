@@ -30,7 +30,12 @@ export type RunState = 'starting' | 'running' | 'draining' | 'stopped';
 export type Role = 'single' | 'control' | 'data';
 
 /** How a listener's socket is shared between worker processes. */
-export type SocketSharing = 'exclusive' | 'reuseport' | 'shared';
+/**
+ * How listener sockets are bound: `exclusive` (one process), `handover` (one
+ * process, SO_REUSEPORT so a new ballast can bind beside it before it
+ * drains), `reuseport` (a worker's own socket), `shared` (node:cluster).
+ */
+export type SocketSharing = 'exclusive' | 'handover' | 'reuseport' | 'shared';
 
 export interface BackupRunner {
   readonly stats: BackupStats;
@@ -243,6 +248,7 @@ export class Ballast {
     const restart: string[] = [];
     if (JSON.stringify(prev.admin) !== JSON.stringify(next.admin)) restart.push('admin');
     if (prev.workers !== next.workers) restart.push('workers');
+    if (prev.handover !== next.handover) restart.push('handover');
     if (prev.workerSockets !== next.workerSockets) restart.push('workerSockets');
     if (restart.length > 0) {
       const e = new Error(`${restart.join(', ')} changed: that needs a restart (the running process keeps its current ${restart.join(', ')}); revert it in the file, or restart ballast to apply it`) as Error & { reason: string };

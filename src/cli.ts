@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-import { watch } from 'node:fs';
+import { readFileSync, watch } from 'node:fs';
 import { basename, dirname } from 'node:path';
 import cluster from 'node:cluster';
 import { availableParallelism } from 'node:os';
@@ -136,12 +136,15 @@ async function run(args: string[]): Promise<number> {
   const log = createLogger(level);
   const workers = config.workers === 0 ? availableParallelism() : config.workers;
   // One process, or a primary (control plane) with worker processes (data plane).
-  const ballast = new Ballast(config, log, undefined, workers > 1 ? 'control' : 'single');
+  // SO_REUSEPORT lets the next ballast bind these ports before this one drains (restarts refuse no one).
+  const handover = config.handover && reusePortSupported();
+  const ballast = new Ballast(config, log, undefined, workers > 1 ? 'control' : 'single', handover ? 'handover' : 'exclusive');
   let admin: InstanceType<typeof AdminServer> | undefined;
   let metricsServer: InstanceType<typeof AdminServer> | undefined;
   let supervisor: import('./workers/supervisor.js').Supervisor | undefined;
   try {
     await ballast.start();
+    if (handover || (workers > 1 && reusePortSupported())) warnIfNoMigrate(log);
     if (workers > 1) {
       const { Supervisor } = await import('./workers/supervisor.js');
       const sharing = config.workerSockets === 'auto' ? (reusePortSupported() ? 'reuseport' : 'shared') : config.workerSockets;
@@ -150,10 +153,10 @@ async function run(args: string[]): Promise<number> {
       await supervisor.start();
     }
     if (config.admin.enabled) {
-      admin = new AdminServer(ballast, config.admin.listen, log, 'full', config.admin);
+      admin = new AdminServer(ballast, config.admin.listen, log, 'full', config.admin, handover);
       await admin.start();
       if (config.admin.metricsListen) {
-        metricsServer = new AdminServer(ballast, config.admin.metricsListen, log, 'metrics', config.admin);
+        metricsServer = new AdminServer(ballast, config.admin.metricsListen, log, 'metrics', config.admin, handover);
         await metricsServer.start();
       }
     }
@@ -255,3 +258,16 @@ main(process.argv.slice(2)).then(
     process.exit(1);
   },
 );
+
+/** Without net.ipv4.tcp_migrate_req, connections queued on a stopping ballast's socket are reset instead of moved to its successor. */
+function warnIfNoMigrate(log: { info(o: object, msg: string): void }): void {
+  let value: string;
+  try {
+    value = readFileSync('/proc/sys/net/ipv4/tcp_migrate_req', 'utf8').trim();
+  } catch {
+    return; // not Linux, or a kernel before 5.14
+  }
+  if (value === '0') {
+    log.info({ sysctl: 'net.ipv4.tcp_migrate_req', value }, 'handover: net.ipv4.tcp_migrate_req is 0, so a restart may reset the few connections still queued on the old process; set it to 1 (sysctl -w, or /etc/sysctl.d) for restarts that refuse no one');
+  }
+}

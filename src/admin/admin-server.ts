@@ -50,6 +50,8 @@ export class AdminServer {
     /** 'metrics' serves only /metrics, /healthz and /readyz (admin.metricsListen). */
     private readonly scope: 'full' | 'metrics' = 'full',
     private readonly limits: AdminLimits = ADMIN_LIMIT_DEFAULTS,
+    /** SO_REUSEPORT, so the next ballast can bind this port before this one stops (see `handover`). */
+    private readonly reusePort = false,
   ) {
     this.allowedHosts = new Set(['localhost', hostname().toLowerCase(), ...limits.allowedHosts.map((h) => h.toLowerCase().replace(/\.$/, ''))]);
     this.rlog = new RateLimitedLog(log, 60_000);
@@ -98,7 +100,7 @@ export class AdminServer {
         resolve();
       };
       if (a.kind === 'unix') server.listen(a.path, done);
-      else server.listen({ host: a.host === '' ? undefined : a.host, port: a.port }, done);
+      else server.listen({ host: a.host === '' ? undefined : a.host, port: a.port, ...(this.reusePort ? { reusePort: true } : {}) } as Parameters<Server['listen']>[0], done);
     });
     if (a.kind === 'unix') chmodSync(a.path, 0o600);
   }

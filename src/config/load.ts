@@ -76,6 +76,7 @@ export interface Config {
   log: { level: string };
   drainTimeout: number;
   workers: number;
+  handover: boolean;
   workerSockets: 'auto' | 'reuseport' | 'shared';
   tls: Map<string, TlsProfile>;
   listeners: ListenerConfig[];
@@ -198,7 +199,7 @@ function sectionOf(path: readonly PropertyKey[]): string {
 }
 
 const SECTION_KEYS: Record<string, string[]> = {
-  '': ['admin', 'log', 'drainTimeout', 'workers', 'workerSockets', 'tls', 'listeners', 'clusters', 'backup'],
+  '': ['admin', 'log', 'drainTimeout', 'workers', 'handover', 'workerSockets', 'tls', 'listeners', 'clusters', 'backup'],
   admin: ['listen', 'metricsListen', 'enabled', 'maxConnections', 'idleTimeout', 'allowedHosts'],
   log: ['level'],
   'tls.*': ['cert', 'key', 'ca', 'clientCA', 'crl', 'allow', 'requireClientCert', 'minVersion', 'ciphers', 'handshakeTimeout', 'servername', 'alpn'],
@@ -387,6 +388,7 @@ function resolve(p: ParsedConfig, source: string, problems: string[]): Config {
     log: p.log,
     drainTimeout: p.drainTimeout,
     workers: p.workers,
+    handover: p.handover,
     workerSockets: p.workerSockets,
     tls,
     listeners,

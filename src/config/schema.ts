@@ -232,6 +232,8 @@ export const configSchema = z.strictObject({
   /** Worker processes sharing the listeners (0: one per core). */
   workers: int(0, 64).default(1),
   /** With workers: one listening socket per worker (SO_REUSEPORT, Node 22.12+) or one shared through node:cluster. */
+  /** Bind listeners and admin servers with SO_REUSEPORT (Node 22.12+), so a new ballast can bind beside this one before it drains. */
+  handover: z.boolean().default(true),
   workerSockets: z.enum(['auto', 'reuseport', 'shared'], { error: (iss) => `expected auto, reuseport or shared, got ${describe(iss.input)}` }).default('auto'),
   tls: z.record(name, tlsProfileSchema).default({}),
   listeners: z.array(listenerSchema).min(1, 'at least one listener is needed'),

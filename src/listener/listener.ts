@@ -69,7 +69,7 @@ export class Listener implements ListenerPort {
     private readonly hooks: ListenerHooks,
     private readonly log: Logger,
     /** exclusive: this process only; reuseport: one socket per worker (SO_REUSEPORT); shared: node:cluster shares one socket. */
-    private readonly sharing: 'exclusive' | 'reuseport' | 'shared' = 'exclusive',
+    private readonly sharing: 'exclusive' | 'handover' | 'reuseport' | 'shared' = 'exclusive',
   ) {
     this.name = config.name;
     this.rlog = new RateLimitedLog(log);
@@ -154,7 +154,7 @@ export class Listener implements ListenerPort {
     return new Promise((resolve, reject) => {
       const onError = (err: NodeJS.ErrnoException) => reject(listenError(this.name, this.address, err));
       server.once('error', onError);
-      const opts = { host: a.host === '' ? undefined : a.host, port: a.port, backlog: this.config.backlog, exclusive: this.sharing !== 'shared', reusePort: this.sharing === 'reuseport' };
+      const opts = { host: a.host === '' ? undefined : a.host, port: a.port, backlog: this.config.backlog, exclusive: this.sharing !== 'shared', reusePort: this.sharing === 'reuseport' || this.sharing === 'handover' };
       server.listen(opts as Parameters<Server['listen']>[0], () => {
         server.removeListener('error', onError);
         resolve();
@@ -164,11 +164,12 @@ export class Listener implements ListenerPort {
 
   private async listenUnix(server: Server, path: string): Promise<void> {
     // Workers share one unix socket through node:cluster; the primary removed any stale file before forking.
-    if (this.sharing === 'exclusive') await removeStaleSocket(path, `listeners.${this.name}`);
+    // (A unix listener is not handed over: a socket another process still serves is an error.)
+    if (this.sharing === 'exclusive' || this.sharing === 'handover') await removeStaleSocket(path, `listeners.${this.name}`);
     await new Promise<void>((resolve, reject) => {
       const onError = (err: NodeJS.ErrnoException) => reject(listenError(this.name, `unix:${path}`, err));
       server.once('error', onError);
-      server.listen({ path, backlog: this.config.backlog, exclusive: this.sharing === 'exclusive' }, () => {
+      server.listen({ path, backlog: this.config.backlog, exclusive: this.sharing === 'exclusive' || this.sharing === 'handover' }, () => {
         server.removeListener('error', onError);
         resolve();
       });
