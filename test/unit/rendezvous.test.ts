@@ -183,6 +183,30 @@ describe('RendezvousBalancer', () => {
     expect(spread.size).toBe(2); // without the local member, clients spread as usual
   });
 
+  it('preferLocal: auto ranks first the one member on this machine, found from its addresses, without a per-node config', () => {
+    const mine = new Set(['10.0.0.3', 'cp-3']);
+    const { b } = balancer({ preferLocal: 'auto', localHosts: () => mine });
+    const ms = [ep('10.0.0.1:2379'), ep('10.0.0.2:2379'), ep('10.0.0.3:2379')];
+    b.update(ms);
+    for (const k of keys.slice(0, 200)) expect(b.pick({ key: k, tried: null })).toBe(ms[2]);
+    // By name too.
+    const named = balancer({ preferLocal: 'auto', localHosts: () => mine }).b;
+    const byName = [ep('cp-1:2379'), ep('cp-3:2379')];
+    named.update(byName);
+    expect(named.pick({ key: 'x', tried: null })).toBe(byName[1]);
+    // The local member down: clients spread over the others as usual.
+    b.update([ms[0]!, ms[1]!]);
+    expect(new Set(keys.slice(0, 200).map((k) => b.pick({ key: k, tried: null })!.id)).size).toBe(2);
+  });
+
+  it('preferLocal: auto prefers none when several members are on this machine (a lab) or none is', () => {
+    for (const mine of [new Set(['127.0.0.1']), new Set(['192.0.2.1'])]) {
+      const { b } = balancer({ preferLocal: 'auto', localHosts: () => mine });
+      b.update([ep('127.0.0.1:2379'), ep('127.0.0.1:2380'), ep('127.0.0.1:2381')]);
+      expect(new Set(keys.slice(0, 300).map((k) => b.pick({ key: k, tried: null })!.id)).size).toBe(3);
+    }
+  });
+
   it('skips members this connection already failed to reach, and moves the client off them', () => {
     const { b } = balancer();
     const ms = [ep('10.0.0.1:2379'), ep('10.0.0.2:2379'), ep('10.0.0.3:2379')];

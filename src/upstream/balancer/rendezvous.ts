@@ -1,3 +1,4 @@
+import { hostname, networkInterfaces } from 'node:os';
 import type { Clock } from '../../clock.js';
 import type { Endpoint } from '../endpoint.js';
 import { untried, type Balancer, type PickContext } from './balancer.js';
@@ -23,9 +24,22 @@ export type MoveReason = 'member_down' | 'member_removed' | 'rebalance';
 export interface AffinityOptions {
   stickiness: 'sticky' | 'rehash';
   ttl: number;
-  /** Endpoint id (host:port) or host that ranks first for every client. */
+  /**
+   * Endpoint id (host:port) or host that ranks first for every client; `auto`:
+   * the one eligible endpoint whose host is an address (or the name) of this
+   * machine, if exactly one is.
+   */
   preferLocal: string | undefined;
   clock: Clock;
+  /** This machine's addresses and host name, for `preferLocal: auto`. */
+  localHosts?: () => ReadonlySet<string>;
+}
+
+/** Every address of this machine's interfaces, and its host name, lower-cased. */
+export function machineHosts(): ReadonlySet<string> {
+  const out = new Set<string>([hostname().toLowerCase()]);
+  for (const list of Object.values(networkInterfaces())) for (const a of list ?? []) out.add(a.address.toLowerCase());
+  return out;
 }
 
 interface Placement {
@@ -54,9 +68,21 @@ export class RendezvousBalancer implements Balancer {
 
   private generation = 0;
 
+  /** For preferLocal: the endpoint that ranks first (resolved at each update for `auto`). */
+  private local: string | undefined;
+
   update(eligible: readonly Endpoint[]): void {
     this.eligible = [...eligible];
     this.generation++;
+    const p = this.opts.preferLocal;
+    if (p === 'auto') {
+      const mine = (this.opts.localHosts ?? machineHosts)();
+      const local = eligible.filter((e) => mine.has(e.host.toLowerCase()));
+      // Two or more members on this machine (a lab): none is "the" local one.
+      this.local = local.length === 1 ? local[0]!.id : undefined;
+    } else {
+      this.local = p === undefined ? undefined : eligible.find((e) => e.id === p || e.host === p)?.id;
+    }
   }
 
   pick(ctx: PickContext): Endpoint | undefined {
@@ -176,9 +202,8 @@ export class RendezvousBalancer implements Balancer {
   }
 
   private score(clientHash: number, e: Endpoint): number {
-    const p = this.opts.preferLocal;
     // 2^32 is above every hash score: the local member outranks all others.
-    if (p !== undefined && (e.id === p || e.host === p)) return 0x1_0000_0000;
+    if (this.local !== undefined && e.id === this.local) return 0x1_0000_0000;
     return fmix32((clientHash ^ endpointHash(e)) >>> 0);
   }
 }
