@@ -33,6 +33,8 @@ describe('endpoint state machine', () => {
     const e = ep();
     expect(e.state).toBe('unknown');
     expect(e.since).toBe(42);
+    expect(e.reason).toBe('not checked yet');
+    expect(e.lastCheckReason).toBe('');
     expect(e.heapIndex).toBe(-1);
   });
 });
