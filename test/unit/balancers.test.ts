@@ -172,6 +172,24 @@ describe('LeastConnectionsBalancer', () => {
     expect(b.pick({ key: '', tried: null })).toBeUndefined();
   });
 
+  it('an endpoint anywhere in the heap (a leaf too) rises to the root when its connections close', () => {
+    const es = [ep('10.0.0.1:1', 100, 5), ep('10.0.0.2:1', 100, 5), ep('10.0.0.3:1', 100, 5), ep('10.0.0.4:1', 100, 5)];
+    const b = new LeastConnectionsBalancer();
+    b.update(es);
+    for (const e of es) expect(e.heapIndex).toBeGreaterThanOrEqual(0);
+    const leaf = es.find((e) => e.heapIndex === 3)!;
+    leaf.active = 0;
+    b.closed(leaf);
+    expect(b.pick({ key: '', tried: null })).toBe(leaf);
+  });
+
+  it('on failover, the least loaded untried endpoint wherever it sits in the heap', () => {
+    const es = [ep('10.0.0.1:1', 100, 1), ep('10.0.0.2:1', 100, 2), ep('10.0.0.3:1', 100, 5)];
+    const b = new LeastConnectionsBalancer();
+    b.update(es);
+    expect(b.pick({ key: '', tried: [es[0]!] })).toBe(es[1]);
+  });
+
   it('forgets endpoints that left the set: their counts no longer move the heap', () => {
     const [a, b2, c] = [ep('10.0.0.1:1', 100, 1), ep('10.0.0.2:1', 100, 2), ep('10.0.0.3:1', 100, 3)];
     const b = new LeastConnectionsBalancer();
@@ -234,6 +252,13 @@ describe('RandomTwoBalancer', () => {
     expect(b.pick({ key: '', tried: null })).toBe(one);
     b.update([]);
     expect(b.pick({ key: '', tried: null })).toBeUndefined();
+  });
+
+  it('on failover, the least loaded untried endpoint, not the last one listed', () => {
+    const es = [ep('10.0.0.1:1', 100, 1), ep('10.0.0.2:1', 100, 2), ep('10.0.0.3:1', 100, 5)];
+    const b = new RandomTwoBalancer(() => 0);
+    b.update(es);
+    expect(b.pick({ key: '', tried: [es[0]!] })).toBe(es[1]);
   });
 
   it('on failover, the least loaded endpoint not yet tried; nothing when all were', () => {
