@@ -124,4 +124,32 @@ group('messages', () => {
     expect(message(listenerSchema, { name: 'l', listen: 'unix:/run/b.sock', cluster: 'c', socketMode: 'rw' })).toBe('expected an octal mode like "0600"');
     expect(message(configSchema, { ...minimal, admin: { allowedHosts: ['ballast.example:80'] } })).toBe('expected a host name without port, like "ballast.example.internal"');
   });
+
+  it('accepts every listed value of an enum', () => {
+    for (const level of ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']) expect(message(configSchema, { ...minimal, log: { level } }), level).toBeUndefined();
+    for (const key of ['client-identity', 'source-ip', 'cn', 'san']) expect(message(clusterSchema, { name: 'c', affinity: { key } }), key).toBeUndefined();
+    for (const stickiness of ['sticky', 'rehash']) expect(message(clusterSchema, { name: 'c', affinity: { stickiness } })).toBeUndefined();
+    for (const from of ['follower', 'leader', 'any']) expect(message(backupSchema, { cluster: 'c', dir: '/b', from })).toBeUndefined();
+    for (const workerSockets of ['auto', 'reuseport', 'shared']) expect(message(configSchema, { ...minimal, workerSockets })).toBeUndefined();
+    for (const v of ['TLSv1.2', 'TLSv1.3']) expect(message(tlsProfileSchema, { minVersion: v })).toBeUndefined();
+  });
+
+  it('patterns are anchored at both ends', () => {
+    const mode = (socketMode: string) => message(listenerSchema, { name: 'l', listen: 'unix:/run/b.sock', cluster: 'c', socketMode });
+    expect([mode('600'), mode('0600'), mode('0660')]).toEqual([undefined, undefined, undefined]);
+    for (const bad of ['x600', '0600x', '06000', '0800']) expect(mode(bad), bad).toBeDefined();
+    const status = (s: string) => message(clusterSchema, { name: 'c', health: { check: 'http', expectStatus: [s] } });
+    expect(status('5xx')).toBeUndefined();
+    for (const bad of ['x2xx', '2xxx', '0xx', '2XX']) expect(status(bad), bad).toBeDefined();
+    const host = (h: string) => message(configSchema, { ...minimal, admin: { allowedHosts: [h] } });
+    for (const ok of ['a', 'ab', 'a-b', 'ballast.example.internal', 'b.example.', 'x1.y-2.z3']) expect(host(ok), ok).toBeUndefined();
+    for (const bad of ['-a', 'a-', 'a..b', '.a', 'a.-b', 'a.b-', 'a_b', 'ballast.example:80 ', 'a.b..']) expect(host(bad), bad).toBeDefined();
+  });
+
+  it('file paths and ALPN names must not be empty; any length above that is fine', () => {
+    expect(message(tlsProfileSchema, { crl: '/etc/ballast/crl.pem', cert: '/c.pem', key: '/k.pem', ca: '/ca.pem', clientCA: '/cca.pem' })).toBeUndefined();
+    for (const k of ['crl', 'cert', 'key', 'ca', 'clientCA']) expect(message(tlsProfileSchema, { [k]: '' }), k).toBeDefined();
+    expect(message(tlsProfileSchema, { alpn: ['h2', 'http/1.1'] })).toBeUndefined();
+    expect(message(tlsProfileSchema, { alpn: [''] })).toBeDefined();
+  });
 });
