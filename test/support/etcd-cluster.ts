@@ -66,6 +66,8 @@ export interface EtcdClusterOptions {
   partitionable?: boolean;
   /** Extra flags appended to every member's command line, e.g. ['--pre-vote=true']. */
   extraArgs?: string[];
+  /** Extra flags for member i only, after extraArgs (e.g. a small --quota-backend-bytes on one member). */
+  memberArgs?: (i: number) => string[];
   /** How long start() waits for every member to be healthy. Default 20 s. */
   startTimeoutMs?: number;
 }
@@ -427,6 +429,7 @@ export class EtcdCluster {
     }
     if (o.quotaBackendBytes !== undefined) args.push(`--quota-backend-bytes=${o.quotaBackendBytes}`);
     if (o.extraArgs) args.push(...o.extraArgs);
+    if (o.memberArgs) args.push(...o.memberArgs(i));
     return args;
   }
 
