@@ -21,11 +21,15 @@ import type { VipAddress } from './vip-address.js';
 // Why no two holders: a renewal sent at s keeps the lease alive until at
 // least s + leaseTTL (etcd starts the TTL when it receives it). The address is
 // refreshed only if that happens by s + maxRoundTrip, and then lives T more
-// seconds (plus the kernel's lag, measured at ~50 ms). With
-// maxRoundTrip = leaseTTL − T − 1 s the address is gone at least a second
-// before the lease can expire, and nobody can win before the lease expires.
-// The kernel enforces the lifetime, so this holds for a holder that is
-// killed, frozen or cut off and runs no code at all.
+// seconds plus the kernel's lag: the kernel deletes expired addresses in a
+// periodic check that runs at most once a second (ADDRCONF_TIMER_FUZZ_MAX in
+// net/ipv4/devinet.c), so an address can outlive its valid_lft by up to ~1 s
+// (measured in namespaces: valid_lft 1 gone after 1.02-1.29 s, and after
+// 1.98 s when another address changed just before it expired). With
+// maxRoundTrip = leaseTTL − T − 1 s (kernel) − 0.5 s (margin) the address is
+// gone at least half a second before the lease can expire, and nobody can win
+// before the lease expires. The kernel enforces the lifetime, so this holds
+// for a holder that is killed, frozen or cut off and runs no code at all.
 
 export type VipState = 'idle' | 'campaigning' | 'holding' | 'stopped';
 
@@ -45,13 +49,18 @@ export interface VipTimings {
   maxRoundTripMs: number;
 }
 
-/** Margin kept between the address's end and the lease's earliest end: kernel lag, scheduling. */
-export const VIP_SAFETY_MARGIN_MS = 1000;
+/** How long the kernel may keep an address past its valid_lft: its lifetime check runs at most once a second. */
+export const VIP_KERNEL_LAG_MS = 1000;
+/** Margin kept between the address's latest end (lifetime + kernel lag) and the lease's earliest end: scheduling, clock rate. */
+export const VIP_SAFETY_MARGIN_MS = 500;
 
 export function vipTimings(leaseTTLms: number): VipTimings {
   const ttlSeconds = Math.round(leaseTTLms / 1000);
-  const lifetimeSeconds = Math.max(1, Math.floor(ttlSeconds / 2));
-  const maxRoundTripMs = ttlSeconds * 1000 - lifetimeSeconds * 1000 - VIP_SAFETY_MARGIN_MS;
+  // What is left of the lease once the kernel's lag and the margin are taken out,
+  // split between the address's lifetime and the renewal's round trip.
+  const budgetMs = ttlSeconds * 1000 - VIP_KERNEL_LAG_MS - VIP_SAFETY_MARGIN_MS;
+  const lifetimeSeconds = Math.max(1, Math.floor(budgetMs / 2000));
+  const maxRoundTripMs = budgetMs - lifetimeSeconds * 1000;
   // Three refreshes per lifetime: one late or lost renewal does not let the address lapse.
   const renewIntervalMs = Math.floor((lifetimeSeconds * 1000) / 3);
   return { ttlSeconds, lifetimeSeconds, renewIntervalMs, campaignIntervalMs: Math.min(250, renewIntervalMs), maxRoundTripMs };

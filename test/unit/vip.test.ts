@@ -4,7 +4,7 @@ import { ConfigError, parseConfig, type VipConfig } from '../../src/config/load.
 import type { CampaignResult, ElectionStore } from '../../src/vip/election-store.js';
 import type { CommandResult, CommandRunner } from '../../src/vip/runner.js';
 import { VipAddress } from '../../src/vip/vip-address.js';
-import { VipElection, vipTimings } from '../../src/vip/vip-election.js';
+import { VIP_KERNEL_LAG_MS, VIP_SAFETY_MARGIN_MS, VipElection, vipTimings } from '../../src/vip/vip-election.js';
 import { memoryLogger } from '../support/ballast.js';
 import { ManualClock } from '../support/manual-clock.js';
 
@@ -56,12 +56,15 @@ describe('vip config', () => {
     for (const ttl of [3, 4, 5, 10, 60]) {
       const t = vipTimings(ttl * 1000);
       expect(t.lifetimeSeconds).toBeGreaterThanOrEqual(1);
-      // address end <= sent + maxRoundTrip + lifetime, lease end >= sent + ttl
-      expect(t.maxRoundTripMs + t.lifetimeSeconds * 1000 + 1000).toBeLessThanOrEqual(ttl * 1000);
+      // lease end >= sent + ttl;
+      // address end <= sent + maxRoundTrip + lifetime + kernel lag (its lifetime check runs at most once a second)
+      expect(t.maxRoundTripMs + t.lifetimeSeconds * 1000 + VIP_KERNEL_LAG_MS + VIP_SAFETY_MARGIN_MS).toBeLessThanOrEqual(ttl * 1000);
+      expect(VIP_KERNEL_LAG_MS).toBeGreaterThanOrEqual(1000);
       expect(t.maxRoundTripMs).toBeGreaterThan(0);
       expect(t.renewIntervalMs * 3).toBeLessThanOrEqual(t.lifetimeSeconds * 1000);
     }
-    expect(vipTimings(3000)).toMatchObject({ ttlSeconds: 3, lifetimeSeconds: 1, maxRoundTripMs: 1000 });
+    expect(vipTimings(3000)).toMatchObject({ ttlSeconds: 3, lifetimeSeconds: 1, maxRoundTripMs: 500 });
+    expect(vipTimings(10_000)).toMatchObject({ ttlSeconds: 10, lifetimeSeconds: 4, maxRoundTripMs: 4500 });
   });
 });
 
@@ -74,6 +77,8 @@ class FakeEtcd {
   partitioned = new Set<string>();
   /** Extra delay (ms of manual clock) before a node's calls are answered. */
   delay = new Map<string, number>();
+  /** Delay of the answer only: etcd acts at once (a renewal counts from when it arrives), the reply is slow. */
+  replyDelay = new Map<string, number>();
   failNext = new Map<string, number>();
   calls: string[] = [];
   private seq = 0;
@@ -95,6 +100,17 @@ class FakeEtcd {
         return Promise.reject(new Error('etcdserver: request timed out'));
       }
       const d = this.delay.get(node) ?? 0;
+      const rd = this.replyDelay.get(node) ?? 0;
+      if (rd > 0) {
+        this.expire();
+        let out: { v: T } | { e: Error };
+        try {
+          out = { v: fn() };
+        } catch (err) {
+          out = { e: err as Error };
+        }
+        return new Promise<T>((resolve, reject) => this.clock.setTimeout(() => ('v' in out ? resolve(out.v) : reject(out.e)), rd));
+      }
       return new Promise<T>((resolve, reject) => {
         const run = () => {
           this.expire();
@@ -147,8 +163,11 @@ class FakeKernel {
 
   constructor(private readonly clock: ManualClock) {}
 
-  /** The kernel deletes an expired address a little late (measured: ~50 ms); 200 ms here. */
-  static readonly LAG_MS = 200;
+  /**
+   * The kernel deletes an expired address late: its lifetime check runs at
+   * most once a second (measured: up to 0.98 s late); the worst case here.
+   */
+  static readonly LAG_MS = 1000;
 
   get present(): boolean {
     return this.expiresAt !== undefined && this.clock.now() < this.expiresAt + FakeKernel.LAG_MS;
@@ -317,6 +336,37 @@ describe('vip election', () => {
     expect(takeover).toBeGreaterThan(0);
     // The lease is 3 s; the takeover comes after it expires, within a few campaign rounds.
     expect(takeover).toBeLessThan(4500);
+  });
+
+  it('a holder frozen right after a renewal answered just in time loses the address a margin before the lease can end', async () => {
+    const { clock, etcd, nodes, holder } = await cluster();
+    const others = nodes.filter((n) => n !== holder);
+    const t = holder.election.timings;
+    // etcd renews at once, the answer comes back just inside maxRoundTrip;
+    // the holder refreshes the address and then freezes (SIGSTOP).
+    etcd.replyDelay.set(holder.name, t.maxRoundTripMs - 50);
+    const refreshes = () => holder.kernel.commands.filter((c) => c.startsWith('ip addr change')).length;
+    const before = refreshes();
+    let sentAt = 0;
+    for (let i = 0; i < 200 && refreshes() === before; i++) {
+      const calls = etcd.calls.length;
+      await clock.advance(10);
+      if (etcd.calls.slice(calls).includes(`${holder.name} keepalive`)) sentAt = clock.now();
+    }
+    expect(refreshes()).toBe(before + 1);
+    holder.clock.paused = true;
+    let gone = 0;
+    let taken = 0;
+    for (let i = 0; i < 600 && taken === 0; i++) {
+      await clock.advance(10);
+      if (gone === 0 && !holder.kernel.present) gone = clock.now();
+      if (others.some((n) => n.kernel.present)) taken = clock.now();
+    }
+    expect(gone).toBeGreaterThan(0);
+    expect(taken).toBeGreaterThan(0);
+    // The lease cannot end before sentAt + leaseTTL; the address is gone a margin before that.
+    expect(sentAt + t.ttlSeconds * 1000 - gone).toBeGreaterThanOrEqual(VIP_SAFETY_MARGIN_MS - 20);
+    expect(taken).toBeGreaterThan(gone);
   });
 
   it('losing readiness removes the address before revoking the lease; another node wins at once', async () => {
