@@ -12,6 +12,8 @@ export class VipCommandError extends Error {
   constructor(
     readonly command: string,
     readonly detail: string,
+    /** The command did not finish in time (the node is overloaded): worth retrying, unlike a missing tool or capability. */
+    readonly timedOut = false,
   ) {
     super(`vip: \`${command}\` failed: ${detail}${/ENOENT/.test(detail) ? ' (install iproute2 and iputils-arping; see deploy/README.md)' : /Operation not permitted|EPERM/.test(detail) ? ' (ballast needs the NET_ADMIN capability to change addresses, NET_RAW to announce them)' : ''}`);
     this.name = 'VipCommandError';
@@ -25,7 +27,9 @@ export class VipAddress {
     private readonly config: Pick<VipConfig, 'cidr' | 'ip' | 'family' | 'interface'>,
     private readonly run: CommandRunner,
     private readonly log: Logger,
-    private readonly timeoutMs = 1000,
+    // `ip` answers in milliseconds, but a loaded node can take seconds to
+    // spawn it; a refresh that ends late is caught by the election's checks.
+    private readonly timeoutMs = 3000,
   ) {}
 
   /** Add (or re-add) the address with lifetime `seconds`; IPv6 skips duplicate detection, which would hold it back about a second. */
@@ -45,7 +49,7 @@ export class VipAddress {
     if (r.ok) return true;
     // "Cannot assign requested address" (older kernels) / "Address not found": nothing to remove.
     if (/Cannot assign requested address|Address not found|EADDRNOTAVAIL/i.test(r.stderr)) return false;
-    throw new VipCommandError(`ip ${args.join(' ')}`, describe(r));
+    throw new VipCommandError(`ip ${args.join(' ')}`, describe(r), r.code === 'ETIMEDOUT');
   }
 
   /** Whether the address is on the interface now. */
@@ -74,7 +78,7 @@ export class VipAddress {
 
   private async ip(args: string[]): Promise<void> {
     const r = await this.run('ip', args, this.timeoutMs);
-    if (!r.ok) throw new VipCommandError(`ip ${args.join(' ')}`, describe(r));
+    if (!r.ok) throw new VipCommandError(`ip ${args.join(' ')}`, describe(r), r.code === 'ETIMEDOUT');
   }
 }
 

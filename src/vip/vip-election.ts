@@ -2,7 +2,7 @@ import type { Logger } from 'pino';
 import type { Clock, TimerHandle } from '../clock.js';
 import type { VipConfig } from '../config/load.js';
 import type { ElectionStore } from './election-store.js';
-import type { VipAddress } from './vip-address.js';
+import { VipCommandError, type VipAddress } from './vip-address.js';
 
 // Who holds the virtual IP: a small state machine over an etcd lease.
 //
@@ -106,9 +106,20 @@ export class VipElection {
     return this.state === 'holding';
   }
 
-  /** Remove a stale copy of the VIP this node does not hold (a crash, a kill -9 within the lifetime), then campaign. */
+  /**
+   * Remove a stale copy of the VIP this node does not hold (a crash, a kill -9
+   * within the lifetime), then campaign. A missing tool or capability fails
+   * the start; an `ip` that did not answer in time (an overloaded node) is
+   * retried before each campaign round, and no campaign happens until the
+   * stale copy is known to be gone.
+   */
   async start(): Promise<void> {
-    if (await this.address.remove()) this.log.warn({ vip: this.config.cidr, interface: this.config.interface }, `vip: removed a stale ${this.config.cidr} from ${this.config.interface} (this node does not hold it)`);
+    try {
+      await this.removeStale();
+    } catch (err) {
+      if (!(err instanceof VipCommandError && err.timedOut)) throw err;
+      this.noteError('stale address removal', err);
+    }
     this.since = this.wallNow();
     this.log.info({ vip: this.config.cidr, interface: this.config.interface, node: this.config.node, key: this.key, ...this.timings }, `vip: campaigning for ${this.config.cidr} as ${this.config.node}`);
     this.schedule(0);
@@ -128,6 +139,13 @@ export class VipElection {
     else if (this.lease !== undefined) await this.dropLease(true);
     this.state = 'stopped';
     this.store.close();
+  }
+
+  private staleRemoved = false;
+
+  private async removeStale(): Promise<void> {
+    if (await this.address.remove()) this.log.warn({ vip: this.config.cidr, interface: this.config.interface }, `vip: removed a stale ${this.config.cidr} from ${this.config.interface} (this node does not hold it)`);
+    this.staleRemoved = true;
   }
 
   private schedule(ms: number): void {
@@ -160,6 +178,14 @@ export class VipElection {
       this.state = 'idle';
       if (this.lease !== undefined) await this.dropLease(true);
       return;
+    }
+    if (!this.staleRemoved) {
+      try {
+        await this.removeStale();
+      } catch (err) {
+        this.noteError('stale address removal', err);
+        return;
+      }
     }
     this.state = 'campaigning';
     await this.campaign();

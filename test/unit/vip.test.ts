@@ -160,6 +160,8 @@ class FakeKernel {
   expiresAt: number | undefined;
   commands: string[] = [];
   failIp = false;
+  /** The next N `ip` commands do not finish in time (an overloaded node). */
+  timeouts = 0;
 
   constructor(private readonly clock: ManualClock) {}
 
@@ -180,6 +182,10 @@ class FakeKernel {
       log?.push(line);
       if (file === 'arping') return { ok: true, stdout: '', stderr: '', code: 0 };
       if (this.failIp) return { ok: false, stdout: '', stderr: 'RTNETLINK answers: Operation not permitted', code: 2 };
+      if (this.timeouts > 0) {
+        this.timeouts--;
+        return { ok: false, stdout: '', stderr: '', code: 'ETIMEDOUT' };
+      }
       const [, verb] = args;
       if (verb === 'replace' || verb === 'change') {
         // Like the real kernel, `change` re-creates an address that expired.
@@ -288,6 +294,29 @@ describe('vip election', () => {
     expect(n.kernel.present).toBe(false);
     expect(n.kernel.commands[0]).toBe('ip addr del 198.18.0.100/24 dev eth0');
     expect(n.lines.some((l) => /removed a stale 198\.18\.0\.100\/24/.test(String(l.msg)))).toBe(true);
+  });
+
+  it('an `ip` that times out at start is retried, and nothing is campaigned for until the stale copy is gone', async () => {
+    const clock = new ManualClock();
+    const etcd = new FakeEtcd(clock);
+    const n = makeNode('cp-1', clock, etcd);
+    n.kernel.expiresAt = clock.now() + 60_000;
+    n.kernel.timeouts = 3;
+    await n.election.start();
+    expect(n.election.lastError).toMatch(/stale address removal: .*ip addr del 198\.18\.0\.100\/24 dev eth0.*ETIMEDOUT/);
+    await clock.advance(300);
+    expect(etcd.calls).toEqual([]);
+    expect(n.kernel.present).toBe(true);
+    await run(clock, [n], 1000);
+    expect(n.kernel.commands.filter((c) => c.startsWith('ip addr del'))).toHaveLength(4);
+    expect(n.election.holding).toBe(true);
+  });
+
+  it('an `ip` that is refused (no NET_ADMIN) fails the start', async () => {
+    const clock = new ManualClock();
+    const n = makeNode('cp-1', clock, new FakeEtcd(clock));
+    n.kernel.failIp = true;
+    await expect(n.election.start()).rejects.toThrow(/NET_ADMIN/);
   });
 
   it('a failed renewal removes the address at once, and another node takes over', async () => {
