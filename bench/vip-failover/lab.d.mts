@@ -27,6 +27,8 @@ export interface CaseResult {
   twoHolderSamples: number;
   samples: number;
   noHolderMs: number;
+  /** keepalived: the old holder still had the address 3.5 s after the restore (removed by hand). */
+  staleLeft: boolean;
   twoHolders: string[];
 }
 

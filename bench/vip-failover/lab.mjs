@@ -447,9 +447,17 @@ vrrp_instance vip {
     const inWindow = this.samples.filter((s) => s.t >= t0 && s.t <= end);
     const noHolderMs = inWindow.filter((s) => s.holders.length === 0).length * 50;
     if (kind !== 'stop' || !other) await this.restore(kind, holder);
-    if (this.mode === 'keepalived' && (kind === 'kill' || kind === 'stop' || kind === 'partition')) {
-      // Whatever keepalived left behind must not leak into the next case.
-      await sleep(kind === 'partition' ? 3000 : 500);
+    let staleLeft = false;
+    if (this.mode === 'keepalived') {
+      // A killed keepalived leaves the address on its interface for good; a
+      // healed split brain takes adverts to resolve. Whatever is left after
+      // 3.5 s is removed by hand so it does not leak into the next case.
+      await sleep(3500);
+      const h = await this.net.holders(VIP);
+      if (h.length > 1 && h.includes(holder)) {
+        staleLeft = true;
+        await this.dropStale(holder);
+      }
     }
     return {
       kind,
@@ -460,6 +468,7 @@ vrrp_instance vip {
       twoHolderSamples: two.length,
       samples: inWindow.length,
       noHolderMs,
+      staleLeft,
       twoHolders: two.slice(0, 3).map((s) => `${Math.round(s.t - t0)}ms:${s.holders.join('+')}`),
     };
   }
