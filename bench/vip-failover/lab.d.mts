@@ -29,6 +29,8 @@ export interface CaseResult {
   noHolderMs: number;
   /** keepalived: the old holder still had the address 3.5 s after the restore (removed by hand). */
   staleLeft: boolean;
+  /** The holder's etcd member was the raft leader when the fault hit (undefined: not known). */
+  etcdLeader: boolean | undefined;
   twoHolders: string[];
 }
 

@@ -433,7 +433,20 @@ vrrp_instance vip {
    * the fault until `observeMs` later (restored after that, then settled).
    */
   async runCase(kind, { boundMs = 20_000, observeMs = 6000 } = {}) {
-    const holder = await this.settle();
+    let holder;
+    if (this.mode === 'keepalived') {
+      // keepalived may stay with two MASTERs after a healed split brain
+      // (nopreempt): keep the one the client reaches and take the others' copies.
+      holder = await this.settle(10_000).catch(() => undefined);
+      if (!holder) {
+        const h = await this.net.holders(VIP);
+        const last = this.answers.filter((a) => a.who).at(-1)?.who;
+        for (const n of h) if (n !== last) await this.dropStale(n);
+        this.log(`vip lab: keepalived did not settle; removed the VIP from ${h.filter((n) => n !== last).join(', ') || 'nobody'}`);
+      }
+    }
+    holder ??= await this.settle();
+    const etcdLeader = await this.#holderIsEtcdLeader(holder);
     const t0 = nowMs();
     await this.inject(kind, holder);
     const other = await until(() => this.firstOtherAnswer(holder, t0), `another node answering after ${kind} of ${holder}`, boundMs).catch(() => undefined);
@@ -469,8 +482,21 @@ vrrp_instance vip {
       samples: inWindow.length,
       noHolderMs,
       staleLeft,
+      etcdLeader,
       twoHolders: two.slice(0, 3).map((s) => `${Math.round(s.t - t0)}ms:${s.holders.join('+')}`),
     };
+  }
+
+  /** Whether the holder's etcd member is the raft leader (a partition of the leader needs an etcd election first). */
+  async #holderIsEtcdLeader(name) {
+    const n = this.net.node(name);
+    const r = await this.net.exec(n.ns, 'curl', ['-sf', '-m', '2', '--cacert', this.files.ca, '--cert', this.files.ccert, '--key', this.files.ckey, '-X', 'POST', '-d', '{}', `https://${n.ip}:2379/v3/maintenance/status`], 4000);
+    try {
+      const j = JSON.parse(r.stdout);
+      return j.header.member_id === j.leader;
+    } catch {
+      return undefined;
+    }
   }
 
   /** Last lines of a node's ballast output (for failure messages). */

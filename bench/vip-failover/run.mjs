@@ -34,7 +34,14 @@ for (const mode of modes) {
   try {
     for (let r = 0; r < runs; r++) {
       for (const kind of cases) {
-        const res = await lab.runCase(kind, { boundMs: 20_000, observeMs: 6000 });
+        let res;
+        try {
+          res = await lab.runCase(kind, { boundMs: 20_000, observeMs: 6000 });
+        } catch (e) {
+          log(`${mode} ${kind} #${r + 1}: ${e.message}`);
+          results.push({ mode, kind, run: r + 1, error: e.message, twoHolderSamples: 0 });
+          continue;
+        }
         log(`${mode} ${kind} #${r + 1}: ${res.from} -> ${res.to ?? 'nobody'} in ${res.answerMs ?? '-'} ms, two-holder samples ${res.twoHolderSamples}/${res.samples}`);
         results.push({ ...res, run: r + 1 });
       }

@@ -13,6 +13,8 @@ export interface CampaignResult {
   won: boolean;
   /** The key's value (the holder's node name) when another lease holds it; undefined when nobody does. */
   holder: string | undefined;
+  /** The lease the key is attached to, when the txn found it (a campaign whose answer was lost may have won on our own lease). */
+  lease?: string | undefined;
 }
 
 export interface ElectionStore {
@@ -112,7 +114,7 @@ export class EtcdElectionStore implements ElectionStore {
     );
     if (res.succeeded) return { won: true, holder: value };
     const kv = res.responses[0]?.response_range.kvs[0];
-    return { won: false, holder: kv ? kv.value.toString() : undefined };
+    return { won: false, holder: kv ? kv.value.toString() : undefined, lease: kv ? String(kv.lease) : undefined };
   }
 
   async holder(key: string, timeoutMs: number): Promise<string | undefined> {

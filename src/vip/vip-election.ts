@@ -206,7 +206,12 @@ export class VipElection {
       if (this.stopped) return;
       const r = await this.store.campaign(this.key, this.config.node, this.lease, t.maxRoundTripMs);
       this.lastError = undefined;
-      if (!r.won) {
+      if (!r.won && r.lease !== undefined && r.lease === this.lease) {
+        // An earlier campaign timed out here but was applied in etcd: the key
+        // is on our own lease (renewed at `sent` above), so this node won.
+        // Without this, it would keep the key alive and never hold the VIP.
+        this.log.info({ vip: this.config.cidr, lease: this.lease }, 'vip: an earlier campaign whose answer was lost had won; holding');
+      } else if (!r.won) {
         this.observe(r.holder);
         return;
       }

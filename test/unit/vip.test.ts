@@ -80,6 +80,8 @@ class FakeEtcd {
   /** Delay of the answer only: etcd acts at once (a renewal counts from when it arrives), the reply is slow. */
   replyDelay = new Map<string, number>();
   failNext = new Map<string, number>();
+  /** The next call named `${node} ${what}` is applied by etcd but its answer is lost (the client times out). */
+  applyThenFail = new Set<string>();
   calls: string[] = [];
   private seq = 0;
 
@@ -98,6 +100,15 @@ class FakeEtcd {
       if (fails > 0) {
         this.failNext.set(node, fails - 1);
         return Promise.reject(new Error('etcdserver: request timed out'));
+      }
+      if (this.applyThenFail.delete(`${node} ${what}`)) {
+        this.expire();
+        try {
+          fn();
+        } catch {
+          // the answer is lost either way
+        }
+        return Promise.reject(new Error('vip campaign: no answer from etcd within 500ms'));
       }
       const d = this.delay.get(node) ?? 0;
       const rd = this.replyDelay.get(node) ?? 0;
@@ -140,7 +151,7 @@ class FakeEtcd {
       campaign: (key, value, lease): Promise<CampaignResult> =>
         call('campaign', () => {
           expect(key).toBe('/ballast/vip/198.18.0.100');
-          if (this.key) return { won: false, holder: this.key.value };
+          if (this.key) return { won: false, holder: this.key.value, lease: this.key.lease };
           this.key = { value, lease };
           return { won: true, holder: value };
         }),
@@ -317,6 +328,25 @@ describe('vip election', () => {
     const n = makeNode('cp-1', clock, new FakeEtcd(clock));
     n.kernel.failIp = true;
     await expect(n.election.start()).rejects.toThrow(/NET_ADMIN/);
+  });
+
+  it('a campaign applied by etcd whose answer was lost still makes this node the holder (not a key kept alive by nobody)', async () => {
+    const clock = new ManualClock();
+    const etcd = new FakeEtcd(clock);
+    const a = makeNode('cp-1', clock, etcd);
+    const b = makeNode('cp-2', clock, etcd);
+    // cp-1's first txn is applied (the key is on its lease) but the answer is lost.
+    etcd.applyThenFail.add('cp-1 campaign');
+    await a.election.start();
+    await clock.advance(10);
+    expect(etcd.calls).toEqual(['cp-1 grant', 'cp-1 campaign']);
+    expect(a.election.holding).toBe(false);
+    await b.election.start();
+    const r = await run(clock, [a, b], 3000);
+    expect(r.maxHolders).toBe(1);
+    expect(a.election.holding).toBe(true);
+    expect(a.kernel.present).toBe(true);
+    expect(b.election.holder).toBe('cp-1');
   });
 
   it('a failed renewal removes the address at once, and another node takes over', async () => {
