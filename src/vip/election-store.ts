@@ -143,7 +143,13 @@ export class EtcdElectionStore implements ElectionStore {
     if (!cl) throw new Error('vip: the etcd cluster is gone from the config');
     const t = this.tls();
     const scheme = t?.ca ? 'https' : 'http';
-    const hostsList = cl.endpoints.flatMap((e) => (e.address.kind === 'inet' ? [`${scheme}://${e.address.family === 6 ? `[${e.address.host}]` : e.address.host}:${e.address.port}`] : []));
+    // Members the cluster's etcd health check says are up (or not yet
+    // checked): a silent member (a partition that keeps the link up) would
+    // otherwise take a share of the calls and time each of them out, so the
+    // new holder's campaigns and renewals fail at random and the VIP flaps.
+    // Which member answers does not matter for safety: leases are the cluster's.
+    const usable = cl.endpoints.filter((e) => e.state === 'up' || e.state === 'unknown');
+    const hostsList = (usable.length > 0 ? usable : cl.endpoints).flatMap((e) => (e.address.kind === 'inet' ? [`${scheme}://${e.address.family === 6 ? `[${e.address.host}]` : e.address.host}:${e.address.port}`] : []));
     const hosts = [...new Set(hostsList)].sort().join(',');
     const version = t?.version ?? 0;
     if (this.client?.hosts === hosts && this.client.version === version) return this.client.etcd;
