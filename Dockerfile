@@ -14,6 +14,11 @@ RUN npx tsc -p tsconfig.json
 
 FROM node:24-bookworm-slim AS runtime
 ENV NODE_ENV=production
+# vip: (README "Virtual IP") runs `ip` to add, refresh and remove the address
+# and `arping` to announce it: iproute2 and iputils-arping, about 3 MB.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends iproute2 iputils-arping \
+ && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
 COPY package.json package-lock.json ./
 RUN npm ci --omit=dev --no-audit --no-fund && npm cache clean --force

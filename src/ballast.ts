@@ -14,6 +14,7 @@ import { Cluster } from './upstream/cluster.js';
 import { EtcdMemberDiscovery } from './upstream/discovery/etcd-members.js';
 import { createHealthChecker, type CheckTls } from './upstream/health/index.js';
 import type { HealthChecker } from './upstream/health/health-checker.js';
+import type { VipElection } from './vip/vip-election.js';
 
 // The running proxy: TLS profiles, clusters with their health checkers and
 // discovery, listeners, and the admin server's view of all of it. It applies
@@ -59,6 +60,10 @@ export class Ballast {
   readonly metrics: Metrics;
   readonly reloads = { ok: 0, failed: 0, failedBy: new Map<string, number>(), lastError: undefined as string | undefined, lastAt: 0 };
   backup: BackupRunner | undefined;
+  /** The virtual IP election (vip: in the config), in the primary or single process. */
+  vip: VipElection | undefined;
+  /** Runs `ip` and `arping` for the VIP; tests inject their own. */
+  vipRunner: import('./vip/runner.js').CommandRunner | undefined;
   /** Set by the primary of a multi-process ballast: the workers' data-plane counters. */
   statsFromWorkers: (() => Promise<import('./workers/messages.js').WorkerStats[]>) | undefined;
   readonly startedAt = Date.now();
@@ -97,10 +102,37 @@ export class Ballast {
     this.housekeeping = setInterval(() => this.clusters.forEach((cl) => cl.housekeeping()), 60_000);
     this.housekeeping.unref();
     this.state = 'running';
+    if (c.vip && this.role !== 'data') {
+      try {
+        await this.startVip(c.vip);
+      } catch (err) {
+        await this.stop();
+        throw err;
+      }
+    }
     this.log.info(
       { listeners: c.listeners.map((l) => `${l.name}=${l.listen.text}`), clusters: c.clusters.map((x) => x.name) },
       `ballast running: ${c.listeners.length} listener(s), ${c.clusters.length} cluster(s)`,
     );
+  }
+
+  /** Remove a stale copy of the VIP, then campaign for it (src/vip/). */
+  private async startVip(vc: NonNullable<Config['vip']>): Promise<void> {
+    const [{ VipElection }, { VipAddress }, { EtcdElectionStore }, { execFileRunner }] = await Promise.all([
+      import('./vip/vip-election.js'),
+      import('./vip/vip-address.js'),
+      import('./vip/election-store.js'),
+      import('./vip/runner.js'),
+    ]);
+    const log = this.log.child({ component: 'vip' });
+    const cluster = () => this.clusters.get(vc.cluster);
+    const store = new EtcdElectionStore(cluster, () => this.checkTls(cluster()?.config.health.tls ?? cluster()?.config.tls));
+    const address = new VipAddress(vc, this.vipRunner ?? execFileRunner, log);
+    // Readiness as /readyz says it; without requireReady only a draining or stopping ballast lets go.
+    const notReady = () => (vc.requireReady ? this.notReadyReasons() : this.state === 'running' ? [] : [`state: ${this.state}`]);
+    const vip = new VipElection(vc, store, address, notReady, this.clock, log);
+    await vip.start();
+    this.vip = vip;
   }
 
   private addCluster(cc: ClusterConfig): Cluster {
@@ -250,6 +282,7 @@ export class Ballast {
     if (prev.workers !== next.workers) restart.push('workers');
     if (prev.handover !== next.handover) restart.push('handover');
     if (prev.workerSockets !== next.workerSockets) restart.push('workerSockets');
+    if (JSON.stringify(prev.vip) !== JSON.stringify(next.vip)) restart.push('vip');
     if (restart.length > 0) {
       const e = new Error(`${restart.join(', ')} changed: that needs a restart (the running process keeps its current ${restart.join(', ')}); revert it in the file, or restart ballast to apply it`) as Error & { reason: string };
       e.reason = 'restart_required';
@@ -385,6 +418,8 @@ export class Ballast {
   async drain(timeoutMs = this.config.drainTimeout): Promise<{ closedAtDeadline: number }> {
     if (this.state === 'stopped') return { closedAtDeadline: 0 };
     this.state = 'draining';
+    // The VIP goes first: another node takes it over while this one drains.
+    await this.vip?.stop('shutdown');
     const open = () => [...this.listeners.values()].reduce((n, l) => n + l.active, 0);
     this.log.info({ open: open(), timeoutMs }, `draining: stopped accepting, waiting up to ${timeoutMs}ms for ${open()} open connection(s)`);
     for (const l of this.listeners.values()) await l.stopAccepting();
@@ -402,6 +437,7 @@ export class Ballast {
   }
 
   async stop(): Promise<void> {
+    await this.vip?.stop('shutdown');
     if (this.housekeeping) clearInterval(this.housekeeping);
     for (const l of this.listeners.values()) {
       await l.stopAccepting();

@@ -214,6 +214,7 @@ async function run(args: string[]): Promise<number> {
       const drained = supervisor
         ? (async () => {
             ballast.state = 'draining';
+            await ballast.vip?.stop('shutdown');
             await supervisor.drain(config.drainTimeout);
             await ballast.stop();
             return { closedAtDeadline: 0 };

@@ -6,6 +6,7 @@ import { readBufferStats } from '../listener/read-buffers.js';
 import { TLS_REFUSAL_REASONS } from '../tls/tls-profile.js';
 import { CONNECT_OUTCOMES } from '../upstream/endpoint.js';
 import { VERSION } from '../version.js';
+import { VIP_RENEWAL_RESULTS, VIP_TRANSITION_REASONS } from '../vip/vip-election.js';
 
 // Every metric ballast exports, declared once (Envoy's ALL_*_STATS habit), so
 // /metrics, the README's table and the dashboard cannot drift apart.
@@ -46,6 +47,9 @@ export const METRICS = {
   backupDuration: { name: 'ballast_backup_duration_seconds', help: 'Duration of the last snapshot attempt.', labels: [] },
   backupSize: { name: 'ballast_backup_size_bytes', help: 'Size of the newest verified snapshot.', labels: [] },
   backupFailures: { name: 'ballast_backup_failures_total', help: 'Failed snapshot attempts by reason.', labels: ['reason'] },
+  vipHolder: { name: 'ballast_vip_holder', help: '1 while this node holds the virtual IP (vip: in the config), else 0.', labels: [] },
+  vipTransitions: { name: 'ballast_vip_transitions_total', help: 'Moves of the virtual IP on this node by reason: won (took it), unready, shutdown, renewal_failed, renewal_late, lease_lost, address_failed (let it go).', labels: ['reason'] },
+  vipLeaseRenewals: { name: 'ballast_vip_lease_renewals_total', help: 'Lease renewals of the virtual IP holder by result: ok, failed (error or no answer), late (answered too late to refresh the address), lost (etcd no longer knew the lease).', labels: ['result'] },
   drillLastSuccess: { name: 'ballast_restore_drill_last_success_timestamp_seconds', help: 'Unix time of the last successful restore drill of this process; 0 until the first (exported when drills are scheduled).', labels: [] },
 } as const;
 
@@ -194,6 +198,19 @@ export class Metrics {
     gauge('drillLastSuccess', (g) => {
       const bk = backup();
       if (bk?.drillsScheduled) g.set((bk.stats.lastDrillAt ?? 0) / 1000);
+    });
+
+    gauge('vipHolder', (g) => {
+      const v = b().vip;
+      if (v) g.set(v.holding ? 1 : 0);
+    });
+    counter('vipTransitions', (c) => {
+      const v = b().vip;
+      if (v) for (const reason of VIP_TRANSITION_REASONS) c.inc({ reason }, v.transitions.get(reason) ?? 0);
+    });
+    counter('vipLeaseRenewals', (c) => {
+      const v = b().vip;
+      if (v) for (const result of VIP_RENEWAL_RESULTS) c.inc({ result }, v.renewals.get(result) ?? 0);
     });
 
     const zeroed = new Set<string>();

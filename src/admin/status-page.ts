@@ -90,6 +90,10 @@ function render(st, dt) {
     const b = st.backup;
     html += '<section data-backup><h2>backups</h2><table><tbody><tr><th>newest verified snapshot</th><td>' + esc(b.lastFile ?? 'none yet') + '</td><th>revision</th><td>' + esc(b.lastRevision ?? '–') + '</td><th>taken</th><td>' + esc(b.lastSuccessAt ?? '–') + '</td></tr><tr><th>last drill</th><td>' + esc(b.lastDrillVerdict ?? 'never') + '</td><th>at</th><td>' + esc(b.lastDrillAt ?? '–') + '</td><th>last error</th><td class="reason">' + esc(b.lastError ?? '') + '</td></tr></tbody></table></section>';
   }
+  if (st.vip) {
+    const v = st.vip;
+    html += '<section data-vip><h2>virtual IP</h2><table><tbody><tr><th>address</th><td>' + esc(v.address) + ' on ' + esc(v.interface) + '</td><th>held by</th><td class="' + (v.holder ? '' : 'warn') + '">' + esc(v.holder ?? 'nobody (as seen from here)') + (v.holding ? ' (this node)' : '') + '</td><th>since</th><td>' + esc(v.holderSince ?? '–') + '</td></tr><tr><th>this node</th><td>' + esc(v.node) + ': ' + esc(v.state) + '</td><th>lease / address lifetime</th><td>' + v.leaseTTLSeconds + ' s / ' + v.addressLifetimeSeconds + ' s</td><th>last error</th><td class="reason">' + esc(v.lastError ?? '') + '</td></tr></tbody></table></section>';
+  }
   document.getElementById('main').innerHTML = html;
 }
 

@@ -111,6 +111,23 @@ function singleStatus(b: Ballast): Record<string, unknown> {
       rotationFailures: p.reloadsFailed,
       lastError: p.lastError ?? null,
     })),
+    vip: b.vip
+      ? {
+          address: b.vip.config.cidr,
+          interface: b.vip.config.interface,
+          node: b.vip.config.node,
+          state: b.vip.state,
+          holding: b.vip.holding,
+          holder: b.vip.holder ?? null,
+          holderSince: b.vip.holder !== undefined && b.vip.holderSince > 0 ? new Date(b.vip.holderSince).toISOString() : null,
+          since: b.vip.since > 0 ? new Date(b.vip.since).toISOString() : null,
+          leaseTTLSeconds: b.vip.timings.ttlSeconds,
+          addressLifetimeSeconds: b.vip.timings.lifetimeSeconds,
+          transitions: Object.fromEntries(b.vip.transitions),
+          renewals: Object.fromEntries(b.vip.renewals),
+          lastError: b.vip.lastError ?? null,
+        }
+      : null,
     backup: b.backup
       ? {
           lastSuccessAt: b.backup.stats.lastSuccessAt ? new Date(b.backup.stats.lastSuccessAt).toISOString() : null,

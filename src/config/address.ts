@@ -67,13 +67,13 @@ export function addressKey(a: Address): string {
 }
 
 /** `10.0.0.0/24` or `fd00::/64`; undefined when `text` is not a CIDR. */
-export function parseCidr(text: string): { ip: string; prefix: number; family: 'ipv4' | 'ipv6' } | undefined {
-  const m = /^([0-9a-fA-F:.]+)\/(\d{1,3})$/.exec(text.trim());
+export function parseCidr(text: string): { ip: string; prefix: number; family: 4 | 6 } | undefined {
+  const m = /^([^/\s]+)\/(\d{1,3})$/.exec(text.trim());
   if (!m) return undefined;
   const family = isIP(m[1]!);
   const prefix = Number(m[2]);
   if (family === 0 || prefix > (family === 4 ? 32 : 128)) return undefined;
-  return { ip: m[1]!, prefix, family: family === 4 ? 'ipv4' : 'ipv6' };
+  return { ip: m[1]!, prefix, family: family as 4 | 6 };
 }
 
 /**

@@ -1,7 +1,8 @@
 import { readFileSync } from 'node:fs';
+import { hostname } from 'node:os';
 import { parseDocument } from 'yaml';
 import type { z } from 'zod';
-import { addressKey, parseHostEntry, type Address } from './address.js';
+import { addressKey, parseCidr, parseHostEntry, type Address } from './address.js';
 import { configSchema, type AllowRule, type BackupConfig, type ParsedConfig, type TlsProfileConfig } from './schema.js';
 
 // Loading is a pure function from text to either a complete, cross-checked
@@ -82,8 +83,22 @@ export interface Config {
   listeners: ListenerConfig[];
   clusters: ClusterConfig[];
   backup: BackupConfig | undefined;
+  vip: VipConfig | undefined;
   /** Where the config was read from, for reloads and messages. */
   source: string;
+}
+
+export interface VipConfig {
+  /** As written: "192.0.2.10/24". */
+  cidr: string;
+  ip: string;
+  prefix: number;
+  family: 4 | 6;
+  interface: string;
+  cluster: string;
+  leaseTTL: number;
+  requireReady: boolean;
+  node: string;
 }
 
 export class ConfigError extends Error {
@@ -199,7 +214,7 @@ function sectionOf(path: readonly PropertyKey[]): string {
 }
 
 const SECTION_KEYS: Record<string, string[]> = {
-  '': ['admin', 'log', 'drainTimeout', 'workers', 'handover', 'workerSockets', 'tls', 'listeners', 'clusters', 'backup'],
+  '': ['admin', 'log', 'drainTimeout', 'workers', 'handover', 'workerSockets', 'tls', 'listeners', 'clusters', 'backup', 'vip'],
   admin: ['listen', 'metricsListen', 'enabled', 'maxConnections', 'idleTimeout', 'allowedHosts'],
   log: ['level'],
   'tls.*': ['cert', 'key', 'ca', 'clientCA', 'crl', 'allow', 'requireClientCert', 'minVersion', 'ciphers', 'handshakeTimeout', 'servername', 'alpn'],
@@ -211,6 +226,7 @@ const SECTION_KEYS: Record<string, string[]> = {
   'clusters.keepalive': ['idle'],
   'clusters.endpoints': ['address', 'servername', 'weight'],
   backup: ['cluster', 'dir', 'interval', 'keep', 'from', 'timeout', 'drillInterval'],
+  vip: ['address', 'interface', 'cluster', 'leaseTTL', 'requireReady', 'node'],
 };
 
 /** The known key closest to a typo, if it is close enough to be a typo. */
@@ -367,6 +383,16 @@ function resolve(p: ParsedConfig, source: string, problems: string[]): Config {
     if (c.health.check !== 'etcd') problems.push(`backup.cluster: "${c.name}" is not an etcd cluster (needs health.check: etcd)`);
   }
 
+  let vip: VipConfig | undefined;
+  if (p.vip !== undefined) {
+    const v = p.vip;
+    const c = clusters.find((x) => x.name === v.cluster);
+    if (!c) problems.push(`vip.cluster: no cluster named "${v.cluster}" (have: ${have(clusterNames)})`);
+    else if (c.health.check !== 'etcd') problems.push(`vip.cluster: "${c.name}" is not an etcd cluster (needs health.check: etcd); the election runs in etcd`);
+    const cidr = parseCidr(v.address)!;
+    vip = { cidr: `${cidr.ip}/${cidr.prefix}`, ip: cidr.ip, prefix: cidr.prefix, family: cidr.family, interface: v.interface, cluster: v.cluster, leaseTTL: v.leaseTTL, requireReady: v.requireReady, node: v.node ?? hostname() };
+  }
+
   for (const [name, prof] of tls) {
     const used = listeners.some((l) => l.tls === name) || clusters.some((c) => c.tls === name || c.health.tls === name);
     if (!used) problems.push(`tls.${name}: defined but no listener or cluster uses it`);
@@ -394,6 +420,7 @@ function resolve(p: ParsedConfig, source: string, problems: string[]): Config {
     listeners,
     clusters,
     backup: p.backup,
+    vip,
     source,
   };
 }

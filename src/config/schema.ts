@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { parseAddress, type Address } from './address.js';
+import { parseAddress, parseCidr, type Address } from './address.js';
 import { parseDuration } from './duration.js';
 
 // The one source of truth for the config: types, defaults and messages come
@@ -207,6 +207,24 @@ export const backupSchema = z.strictObject({
 });
 export type BackupConfig = z.infer<typeof backupSchema>;
 
+// --- virtual IP (issue 18) ---------------------------------------------------
+
+export const vipSchema = z.strictObject({
+  /** The address with its prefix, IPv4 or IPv6: "192.0.2.10/24". */
+  address: z.string({ error: (iss) => `expected an address with its prefix like "192.0.2.10/24", got ${describe(iss.input)}` }).refine((t) => parseCidr(t) !== undefined, { message: 'expected an IPv4 or IPv6 address with its prefix, like "192.0.2.10/24" or "2001:db8::10/64"' }),
+  /** The interface the address goes on (the node's interface towards the clients). */
+  interface: z.string().regex(/^[^\s/]{1,15}$/, 'expected an interface name like "eth0" (1-15 characters, no spaces or "/")'),
+  /** An etcd cluster from clusters: (health.check: etcd) whose members hold the election; it needs no listener. */
+  cluster: name,
+  /** Lease time to live; whole seconds (etcd's granularity), at least 3s. */
+  leaseTTL: duration(3000).refine((ms) => ms % 1000 === 0, { message: 'must be whole seconds (etcd lease TTLs are seconds), like "3s"' }).prefault('3s'),
+  /** Hold the VIP only while /readyz would answer 200. */
+  requireReady: z.boolean().default(true),
+  /** This node's name in the election (the key's value, /status, logs); default the host name. */
+  node: z.string().min(1).max(253).optional(),
+});
+export type VipConfigInput = z.infer<typeof vipSchema>;
+
 export const configSchema = z.strictObject({
   admin: z
     .strictObject({
@@ -239,6 +257,7 @@ export const configSchema = z.strictObject({
   listeners: z.array(listenerSchema).min(1, 'at least one listener is needed'),
   clusters: z.array(clusterSchema).min(1, 'at least one cluster is needed'),
   backup: backupSchema.optional(),
+  vip: vipSchema.optional(),
 });
 export type ConfigInput = z.input<typeof configSchema>;
 export type ParsedConfig = z.infer<typeof configSchema>;

@@ -335,6 +335,7 @@ describe('deploy/: Kubernetes manifests', () => {
         'deploy/prometheus/podmonitor.yaml:PodMonitor',
         'deploy/prometheus/prometheusrule.yaml:PrometheusRule',
         'deploy/static-pod/ballast-apiserver-lb.yaml:Pod',
+        'deploy/static-pod/ballast-vip.yaml:Pod',
         'deploy/static-pod/etcd.yaml:Pod',
         'deploy/static-pod/kube-apiserver.yaml:Pod',
       ].sort(),
@@ -356,8 +357,8 @@ describe('deploy/: Kubernetes manifests', () => {
 
   it('every ballast container: image, args, config mount, probes on its admin port, resources, security context', () => {
     const specs = podSpecs();
-    // kube-apiserver and etcd (patched), the static load balancer, the DaemonSet.
-    expect(specs).toHaveLength(4);
+    // kube-apiserver and etcd (patched), the static load balancer, the VIP, the DaemonSet.
+    expect(specs).toHaveLength(5);
     const version = (JSON.parse(read(path.join(REPO, 'package.json'))) as { version: string }).version;
     for (const { where, meta, spec } of specs) {
       expect(spec.hostNetwork, `${where}: hostNetwork`).toBe(true);
@@ -389,7 +390,9 @@ describe('deploy/: Kubernetes manifests', () => {
       expect(c.resources).toEqual({ requests: { cpu: '50m', memory: '128Mi' }, limits: { memory: '256Mi' } });
       const sc = c.securityContext;
       expect(sc, at).toMatchObject({ readOnlyRootFilesystem: true, allowPrivilegeEscalation: false, capabilities: { drop: ['ALL'] }, seccompProfile: { type: 'RuntimeDefault' } });
-      expect(sc.capabilities.add, `${at}: no capability is needed`).toBeUndefined();
+      // vip: adds, refreshes and removes an address (NET_ADMIN) and announces it (NET_RAW); nothing else needs any.
+      if (config.vip) expect(sc.capabilities.add, `${at}: vip needs NET_ADMIN and NET_RAW, and only those`).toEqual(['NET_ADMIN', 'NET_RAW']);
+      else expect(sc.capabilities.add, `${at}: no capability is needed`).toBeUndefined();
       expect(sc.privileged, at).toBeUndefined();
       // Root only where a private key is read (kubeadm writes them root 0600).
       const needsKeys = Object.values(config.tls ?? {}).some((p: J) => p.key !== undefined);

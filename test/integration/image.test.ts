@@ -63,6 +63,8 @@ describe('Dockerfile', () => {
     const pkg = JSON.parse(readFileSync(path.join(REPO, 'package.json'), 'utf8')) as { scripts: Record<string, string> };
     expect(pkg.scripts.start).toBe(['node', ...flags, 'dist/cli.js'].join(' '));
     expect(runtime.some((i) => i.op === 'RUN' && i.args.includes('npm ci --omit=dev'))).toBe(true);
+    // vip: needs `ip` and `arping` in the image.
+    expect(runtime.some((i) => i.op === 'RUN' && /apt-get install .*iproute2/.test(i.args) && /iputils-arping/.test(i.args))).toBe(true);
   });
 
   it('its runtime stage, reproduced by hand, installs production dependencies only and runs on the shipped configs', async () => {

@@ -3,7 +3,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { METRICS } from '../../src/admin/metrics.js';
-import { tlsProfileSchema, listenerSchema, clusterSchema, backupSchema, configSchema } from '../../src/config/schema.js';
+import { tlsProfileSchema, listenerSchema, clusterSchema, backupSchema, configSchema, vipSchema } from '../../src/config/schema.js';
 
 // The README's metric table and configuration reference come from the same
 // declarations as the code; this keeps them from drifting apart.
@@ -31,11 +31,12 @@ describe('README', () => {
       ['listeners[].', listenerSchema],
       ['clusters[].', clusterSchema],
       ['backup.', backupSchema],
+      ['vip.', vipSchema],
     ];
     const reference = README.slice(README.indexOf('## Configuration reference'));
     for (const [prefix, schema] of sections) {
       for (const key of keysOf(schema)) {
-        if (prefix === '' && ['tls', 'listeners', 'clusters', 'backup'].includes(key)) continue;
+        if (prefix === '' && ['tls', 'listeners', 'clusters', 'backup', 'vip'].includes(key)) continue;
         expect(reference, `${prefix}${key}`).toMatch(new RegExp(`\`${prefix.replace(/[[\]<>.]/g, '\\$&')}${key}[\`.,]|\\.${key}\``));
       }
     }

@@ -37,7 +37,7 @@ export class MemberFilter {
       const cidr = parseCidr(e.host);
       if (cidr) {
         const net = new BlockList();
-        net.addSubnet(cidr.ip, cidr.prefix, cidr.family);
+        net.addSubnet(cidr.ip, cidr.prefix, cidr.family === 4 ? 'ipv4' : 'ipv6');
         this.rules.push({ net, ports });
       } else this.rules.push({ host: e.host.toLowerCase(), ports });
     }
