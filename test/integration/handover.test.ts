@@ -21,7 +21,9 @@ function netns(name: string, migrate: 0 | 1): string {
   execFileSync('ip', ['netns', 'add', ns]);
   made.push(ns);
   execFileSync('ip', ['-n', ns, 'link', 'set', 'lo', 'up']);
-  execFileSync('ip', ['netns', 'exec', ns, 'sysctl', '-q', '-w', `net.ipv4.tcp_migrate_req=${migrate}`]);
+  // /proc/sys/net is the writing process's namespace's (no procps needed).
+  execFileSync('ip', ['netns', 'exec', ns, 'sh', '-c', `echo ${migrate} > /proc/sys/net/ipv4/tcp_migrate_req`]);
+  expect(execFileSync('ip', ['netns', 'exec', ns, 'cat', '/proc/sys/net/ipv4/tcp_migrate_req'], { encoding: 'utf8' }).trim()).toBe(String(migrate));
   return ns;
 }
 
