@@ -171,6 +171,9 @@ export class VipLab {
       `--key-file=${this.files.key}`,
       `--trusted-ca-file=${this.files.ca}`,
       '--client-cert-auth=true',
+      // etcd 3.5+ (what kubeadm runs) defaults to pre-vote; 3.4 does not, and
+      // without it a healed member's higher term forces a leader election.
+      '--pre-vote=true',
       '--logger=zap',
       `--log-outputs=${log}`,
     ];
