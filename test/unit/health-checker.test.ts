@@ -13,7 +13,7 @@ import { ManualClock } from '../support/manual-clock.js';
 // stop, and the edges of forgiving a late timeout. (Raised from surviving
 // mutants of `npm run mutation`.)
 
-type Answer = 'ok' | 'fail' | 'hang' | 'throw' | { slowMs: number };
+type Answer = 'ok' | 'fail' | 'hang' | 'stuck' | 'throw' | 'local_error' | { slowMs: number };
 
 class RecordingCheck implements HealthCheck {
   readonly kind = 'recording';
@@ -28,6 +28,9 @@ class RecordingCheck implements HealthCheck {
     if (a === 'ok') return Promise.resolve({ ok: true, code: 'ok', reason: 'ok' });
     if (a === 'fail') return Promise.resolve({ ok: false, code: 'refused', reason: 'connection refused' });
     if (a === 'throw') return Promise.reject(new Error('socket hang up'));
+    if (a === 'local_error') return Promise.resolve({ ok: false, code: 'local_error', reason: 'ballast is out of file descriptors (EMFILE)' });
+    // A check that ignores its abort signal and never settles.
+    if (a === 'stuck') return new Promise(() => undefined);
     if (typeof a === 'object') return new Promise((resolve) => this.clock.setTimeout(() => resolve({ ok: true, code: 'ok', reason: 'ok' }), a.slowMs));
     return new Promise((_, reject) => signal.addEventListener('abort', () => reject(new Error('aborted'))));
   }
@@ -80,6 +83,27 @@ describe('HealthChecker timing', () => {
     expect(ep(0).reason).toBe('socket hang up');
     expect(ep(0).checkResults.get('error')).toBe(2);
     expect(ep(0).lastCheckOk).toBe(false);
+  });
+
+  it('a check that never settles (ignoring its abort signal) still times out, counted as timeout', async () => {
+    const { clock, check, ep } = setup();
+    await clock.advance(100);
+    check.answer.set('10.0.0.1:1', 'stuck');
+    await clock.advance(1000 + 200 + 50 + 200);
+    expect(ep(0).state).toBe('down');
+    expect(ep(0).reason).toBe('timeout after 200ms');
+    expect(ep(0).checkResults.get('timeout')).toBe(2);
+  });
+
+  it("ballast's own trouble (out of descriptors) neither fails nor passes an endpoint", async () => {
+    const { clock, check, ep } = setup();
+    await clock.advance(100);
+    check.answer.set('10.0.0.1:1', 'local_error');
+    await clock.advance(5000);
+    expect(ep(0).state).toBe('up');
+    expect([ep(0).failStreak, ep(0).checksFailed]).toEqual([0, 0]);
+    expect(ep(0).lastCheckReason).toBe('ballast is out of file descriptors (EMFILE)');
+    expect(ep(0).checkResults.get('local_error')).toBeGreaterThan(2);
   });
 
   it('reports how long the check took', async () => {
