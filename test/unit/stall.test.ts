@@ -161,6 +161,12 @@ describe('stall detection independent of the write rate (etcd check)', () => {
     expect(downAt[1]! - downAt[0]!).toBeGreaterThanOrEqual(3 * 400 * 0.9);
   });
 
+  it('stallIntervals is refused outside etcd checks, with the key path', () => {
+    expect(() => parseConfig('listeners: [{ name: l, listen: 127.0.0.1:1, cluster: c }]\nclusters: [{ name: c, endpoints: [10.0.0.1:1], health: { check: tcp, stallIntervals: 3 } }]')).toThrow(
+      'clusters[0].health.stallIntervals: applies to check: etcd only',
+    );
+  });
+
   it('a member whose Status hangs goes down by timeout, whatever the indexes', async () => {
     let hang = false;
     const { clock, cluster, t0 } = setup((i, now) => (i === 2 && hang ? 'hang' : writing(t0, 10)(i, now)));
