@@ -22,6 +22,8 @@ export interface HealthConfig {
   expectStatus: (number | string)[];
   expectBody: string | undefined;
   maxRaftLag: number;
+  /** etcd: intervals an applied index may stay frozen while a peer's moves (0: off). */
+  stallIntervals: number;
   host: string | undefined;
   /** TLS profile the check uses (https, etcd). */
   tls: string | undefined;
@@ -118,14 +120,14 @@ export class ConfigError extends Error {
 // interval). The timeout is forgiven when ballast's own event loop was late,
 // so an overloaded proxy does not eject healthy members (k3s#10240).
 export const HEALTH_DEFAULTS: Record<HealthCheckKind, Omit<HealthConfig, 'check' | 'path' | 'expectStatus' | 'expectBody' | 'host' | 'tls'>> = {
-  none: { interval: 1000, timeout: 1000, rise: 1, fall: 1, jitter: 0, maxRaftLag: 0 },
-  tcp: { interval: 2000, timeout: 1000, rise: 2, fall: 2, jitter: 0.1, maxRaftLag: 0 },
-  http: { interval: 2000, timeout: 1000, rise: 2, fall: 2, jitter: 0.1, maxRaftLag: 0 },
-  https: { interval: 2000, timeout: 1000, rise: 2, fall: 2, jitter: 0.1, maxRaftLag: 0 },
+  none: { interval: 1000, timeout: 1000, rise: 1, fall: 1, jitter: 0, maxRaftLag: 0, stallIntervals: 0 },
+  tcp: { interval: 2000, timeout: 1000, rise: 2, fall: 2, jitter: 0.1, maxRaftLag: 0, stallIntervals: 0 },
+  http: { interval: 2000, timeout: 1000, rise: 2, fall: 2, jitter: 0.1, maxRaftLag: 0, stallIntervals: 0 },
+  https: { interval: 2000, timeout: 1000, rise: 2, fall: 2, jitter: 0.1, maxRaftLag: 0, stallIntervals: 0 },
   // A status call on loopback or a LAN answers in a few ms; 250ms is still
   // a wide margin, and it keeps a hung member's detection under a second
   // (worst case: an interval, then two timeouts and the re-check between).
-  etcd: { interval: 400, timeout: 250, rise: 2, fall: 2, jitter: 0.1, maxRaftLag: 1000 },
+  etcd: { interval: 400, timeout: 250, rise: 2, fall: 2, jitter: 0.1, maxRaftLag: 1000, stallIntervals: 3 },
 };
 
 export const DEFAULT_ADMIN_LISTEN = '127.0.0.1:9901';
@@ -220,7 +222,7 @@ const SECTION_KEYS: Record<string, string[]> = {
   'tls.*': ['cert', 'key', 'ca', 'clientCA', 'crl', 'allow', 'requireClientCert', 'minVersion', 'ciphers', 'handshakeTimeout', 'servername', 'alpn'],
   listeners: ['name', 'listen', 'cluster', 'tls', 'maxConnections', 'idleTimeout', 'socketMode', 'accessLog', 'backlog'],
   clusters: ['name', 'endpoints', 'discovery', 'syncInterval', 'discoveryHosts', 'discoveryMaxMembers', 'tls', 'balance', 'affinity', 'connectTimeout', 'connectAttempts', 'health', 'outlier', 'onDown', 'slowStart', 'panic', 'keepalive'],
-  'clusters.health': ['check', 'interval', 'timeout', 'rise', 'fall', 'jitter', 'path', 'expectStatus', 'expectBody', 'maxRaftLag', 'host', 'tls'],
+  'clusters.health': ['check', 'interval', 'timeout', 'rise', 'fall', 'jitter', 'path', 'expectStatus', 'expectBody', 'maxRaftLag', 'stallIntervals', 'host', 'tls'],
   'clusters.outlier': ['consecutiveFailures', 'baseEjection', 'maxEjection'],
   'clusters.affinity': ['key', 'stickiness', 'ttl', 'preferLocal'],
   'clusters.keepalive': ['idle'],
@@ -320,6 +322,7 @@ function resolve(p: ParsedConfig, source: string, problems: string[]): Config {
       expectStatus: c.health.expectStatus ?? ['2xx'],
       expectBody: c.health.expectBody,
       maxRaftLag: c.health.maxRaftLag ?? d.maxRaftLag,
+      stallIntervals: c.health.stallIntervals ?? d.stallIntervals,
       host: c.health.host,
       tls: c.health.tls ?? c.tls,
     };
@@ -333,6 +336,7 @@ function resolve(p: ParsedConfig, source: string, problems: string[]): Config {
       problems.push(`${at}.health: path, expectStatus and expectBody apply to http and https checks, not "${kind}"`);
     }
     if (kind !== 'etcd' && c.health.maxRaftLag !== undefined) problems.push(`${at}.health.maxRaftLag: applies to check: etcd only`);
+    if (kind !== 'etcd' && c.health.stallIntervals !== undefined) problems.push(`${at}.health.stallIntervals: applies to check: etcd only`);
     if (health.timeout > health.interval && kind !== 'none') {
       problems.push(`${at}.health.timeout: ${health.timeout}ms is longer than the interval (${health.interval}ms); checks would overlap`);
     }

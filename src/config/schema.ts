@@ -137,6 +137,8 @@ const healthSchema = z.strictObject({
   expectBody: z.string().optional(),
   /** etcd: a member whose raft index is more than this behind the highest seen is down. */
   maxRaftLag: int(0).optional(),
+  /** etcd: a member whose applied index has not moved for this many intervals while a peer's has is down (0 disables). */
+  stallIntervals: int(0, 100).optional(),
   /** http/https: Host header; default the endpoint's host. */
   host: z.string().optional(),
   /** TLS profile for https and etcd checks; default the cluster's own `tls`. */

@@ -1,7 +1,9 @@
 import type { Etcd3 } from 'etcd3';
+import { systemClock, type Clock } from '../../clock.js';
 import type { HealthConfig } from '../../config/load.js';
 import type { Cluster } from '../cluster.js';
 import type { Endpoint, EtcdMemberStatus } from '../endpoint.js';
+import { AppliedProgress } from './applied-progress.js';
 import { describeError, failed, type HealthCheck } from './health-check.js';
 import type { CheckTls } from './http-check.js';
 import { createEtcdClient, hexId } from '../etcd-client.js';
@@ -13,24 +15,29 @@ const BARRIER_KEY = Buffer.from('\u0000ballast/read-barrier');
 // etcd's own view of a member, through its maintenance API over the cluster's
 // TLS. A member is up only if it answers, knows a leader, carries no alarm of
 // its own, is a voting member, and has not fallen more than maxRaftLag entries
-// behind the most advanced member seen. The last rule is the one TCP checks
-// cannot make: a member cut off from the quorum keeps answering (and serving
-// stale serializable reads) long after it stopped committing
-// (kubernetes/kubernetes#128812, #59074, #72796).
+// behind the most advanced member seen, and its applied index has not stood
+// still while a peer's moved (AppliedProgress: a stalled disk). The last two
+// rules are the ones TCP checks cannot make: a member cut off from the quorum,
+// or whose WAL fdatasync blocks, keeps answering (and serving stale
+// serializable reads) long after it stopped applying
+// (kubernetes/kubernetes#128812, #59074, #72796; etcd-io/etcd#13527).
 
 export class EtcdCheck implements HealthCheck {
   readonly kind = 'etcd';
   private readonly clients = new Map<Endpoint, { version: number; client: Etcd3 }>();
+  private readonly progress: AppliedProgress;
 
   constructor(
     private readonly cluster: Cluster,
     private readonly health: () => HealthConfig,
     private readonly tls: () => CheckTls | undefined,
-  ) {}
+    clock: Clock = systemClock,
+  ) {
+    this.progress = new AppliedProgress(clock);
+  }
 
   async run(e: Endpoint, signal: AbortSignal, timeoutMs: number): ReturnType<HealthCheck['run']> {
     const client = await this.clientFor(e);
-    const h = this.health();
     let raw;
     try {
       raw = await client.maintenance.status({ deadline: new Date(Date.now() + timeoutMs + 50) });
@@ -41,8 +48,15 @@ export class EtcdCheck implements HealthCheck {
       if (/UNAVAILABLE|ECONNREFUSED|No connection established/i.test(msg)) return failed(d.code === 'error' ? 'unavailable' : d.code, `unavailable: ${msg.split('\n')[0]}`);
       return failed(d.code, d.reason);
     }
-    const status = toStatus(raw);
+    return this.judge(e, toStatus(raw));
+  }
+
+  /** The verdict on one member's status, taken now (the rules above). */
+  judge(e: Endpoint, status: EtcdMemberStatus): Awaited<ReturnType<HealthCheck['run']>> {
+    const h = this.health();
     const result = { etcd: status };
+    // Every answered status is a sample, whatever the verdict: peers are judged against it.
+    const stall = this.progress.observe(e, status.raftAppliedIndex, h.stallIntervals, h.interval, h.jitter);
     if (status.leaderId === '0') {
       // A member without a leader while others have one is cut off (the
       // partition case). When no member knows a leader, the cluster is
@@ -74,10 +88,14 @@ export class EtcdCheck implements HealthCheck {
     // checks under write load can make a member look ahead, never behind.
     let highest = 0;
     for (const other of this.cluster.endpoints) {
-      if (other !== e && other.etcd !== undefined && other.lastCheckOk === true) highest = Math.max(highest, other.etcd.raftIndex);
+      if (other !== e && other.etcd !== undefined && other.lastCheckOk === true) highest = Math.max(highest, other.etcd.raftAppliedIndex);
     }
-    const lag = highest - status.raftIndex;
+    // Applied, not committed: serializable reads reflect what a member applied.
+    const lag = highest - status.raftAppliedIndex;
     if (h.maxRaftLag > 0 && lag > h.maxRaftLag) return { ...failed('raft_lag', `raft lag ${lag} > ${h.maxRaftLag}`), ...result };
+    if (stall !== undefined) {
+      return { ...failed('stalled', `applied index ${stall.applied} frozen for ${Math.round(stall.frozenMs)}ms while ${stall.peer} applied ${stall.peerApplied}`), ...result };
+    }
     return { ok: true, code: 'ok', reason: status.memberId === status.leaderId ? `leader, raft index ${status.raftIndex}` : `follower, raft index ${status.raftIndex}`, ...result };
   }
 
@@ -132,6 +150,7 @@ export class EtcdCheck implements HealthCheck {
   }
 
   forget(e: Endpoint): void {
+    this.progress.forget(e);
     this.clients.get(e)?.client.close();
     this.clients.delete(e);
   }

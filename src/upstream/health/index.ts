@@ -27,7 +27,7 @@ export function createHealthChecker(cluster: Cluster, tls: () => CheckTls | unde
       check = new HttpCheck(true, health, tls);
       break;
     case 'etcd':
-      check = new EtcdCheck(cluster, health, tls);
+      check = new EtcdCheck(cluster, health, tls, clock);
       break;
   }
   return new HealthChecker(cluster, check, clock, log);
