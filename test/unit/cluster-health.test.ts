@@ -129,8 +129,8 @@ describe('outlier ejection', () => {
     cluster.reportCheck(e, pass);
     cluster.reportFailure(e, 'connect_refused');
     cluster.reportFailure(e, 'connect_refused');
-    cluster.reportCheck(e, pass);
     await clock.advance(1000);
+    cluster.reportCheck(e, pass);
     expect(e.state).toBe('ejected'); // time is up, but one pass of two
     cluster.reportCheck(e, pass);
     expect(e.state).toBe('up');
@@ -144,6 +144,51 @@ describe('outlier ejection', () => {
     f.cluster.reportCheck(g, pass);
     f.cluster.reportCheck(g, pass);
     expect(g.state).toBe('ejected'); // enough passes, but still within the ejection
+  });
+});
+
+describe('ejection back-off', () => {
+  it('doubles each ejection, and starts again from the base after staying up longer than maxEjection', async () => {
+    const { cluster, clock, ep } = setup();
+    const e = ep(0);
+    const eject = () => {
+      cluster.reportFailure(e, 'connect_refused');
+      cluster.reportFailure(e, 'connect_refused');
+    };
+    const recover = async () => {
+      await clock.advance(e.ejectedUntil - clock.now());
+      cluster.reportCheck(e, pass);
+      cluster.reportCheck(e, pass);
+      expect(e.state).toBe('up');
+    };
+    cluster.reportCheck(e, pass);
+    await clock.advance(60_000);
+    eject();
+    expect(e.reason).toMatch(/ejected for 1000ms$/);
+    await recover();
+    eject();
+    expect(e.reason).toMatch(/ejected for 2000ms$/);
+    await recover();
+    await clock.advance(30_000); // up exactly maxEjection: not forgiven yet
+    eject();
+    expect(e.reason).toMatch(/ejected for 4000ms$/);
+    await recover();
+    await clock.advance(30_001);
+    eject();
+    expect(e.reason).toMatch(/ejected for 1000ms$/);
+  });
+
+  it('without active checks, the ejection simply expires', async () => {
+    const { cluster, clock, ep } = setup('', 'check: none');
+    const e = ep(0);
+    cluster.transition(e, 'up', 'no checks');
+    cluster.reportFailure(e, 'reset');
+    cluster.reportFailure(e, 'reset');
+    expect(e.state).toBe('ejected');
+    await clock.advance(999);
+    expect(e.state).toBe('ejected');
+    await clock.advance(1);
+    expect([e.state, e.reason]).toEqual(['up', 'ejection expired']);
   });
 });
 
