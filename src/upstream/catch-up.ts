@@ -42,8 +42,11 @@ export class CatchUpBarrier {
    * Resolves true once `e` has caught up, false after at most ten check
    * intervals plus a timeout (4.25 s by default: long enough for an etcd
    * election and a commit by the new leader, which is what lets followers
-   * apply the old leader's last entries) or when `e` stops being eligible.
-   * On false the client is routed anyway, and counted.
+   * apply the old leader's last entries). On false the client is routed
+   * anyway, and counted. The target leaving the eligible set does not end the
+   * wait: a member found stalled while a client waits on it, or every member
+   * down (panic mode), is exactly when routing anyway would let the client
+   * read back in time.
    *
    * With the etcd check, "caught up" is proven, not estimated: a linearizable
    * read served by `e` (the check's read barrier) completes only once `e` has
@@ -75,7 +78,7 @@ export class CatchUpBarrier {
     return new Promise((resolve) => {
       const poll = () => {
         if (e.lastRaftIndex >= index) return resolve(true);
-        if (!e.eligible || clock.now() >= deadline) return resolve(giveUp());
+        if (clock.now() >= deadline) return resolve(giveUp());
         // Fresh samples arrive in a few ms on a LAN: look often, briefly.
         prober?.probeNow(e);
         clock.setTimeout(poll, 5);
@@ -107,7 +110,7 @@ export class CatchUpBarrier {
     m.timer = undefined;
     const started = clock.now();
     m.waiters = m.waiters.filter((w) => {
-      if (e.eligible && started < w.deadline) return true;
+      if (started < w.deadline) return true;
       w.done(false);
       return false;
     });

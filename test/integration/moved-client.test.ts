@@ -88,6 +88,13 @@ clusters:
     expect(behind, 'B is behind what the client read on A').toBeLessThan(seen.revision);
     expect(endpointOf(b).state, 'B still eligible (it names its leader)').toBe('up');
 
+    // Wait until a check has sampled A past the writes. Then B, whose applied
+    // index stands still meanwhile, is also found stalled and taken out; when
+    // A dies no member is eligible (panic mode) and the move to B must still
+    // wait at the barrier. (Before, a target leaving the eligible set during
+    // the wait ended it and routed the client to B anyway: revision 2 after 7.)
+    const aApplied = (await etcd.status(a)).raftAppliedIndex;
+    await eventually(() => endpointOf(a).lastRaftIndex >= aApplied, 'ballast sampled A after it applied the writes', 10_000);
     const moves = cluster.affinity!.moves.get('member_down') ?? 0;
     await etcd.kill(a);
     await eventually(() => endpointOf(a).state !== 'up', 'A out of rotation');
