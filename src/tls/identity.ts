@@ -29,6 +29,8 @@ export interface Identity {
   revocationKey: string;
   notBefore: number;
   notAfter: number;
+  /** describeIdentity() of this identity, made once per certificate (it is logged and carried per connection). */
+  text: string;
 }
 
 const OID_CN = '2.5.4.3';
@@ -65,6 +67,7 @@ export function parseIdentity(der: Uint8Array, fingerprint: string): Identity {
     serial: serialHex(c.serialNumber),
     issuer: Buffer.from(AsnConvert.serialize(c.issuer)).toString('hex'),
     revocationKey: '',
+    text: '',
     notBefore: c.validity.notBefore.getTime().getTime(),
     notAfter: c.validity.notAfter.getTime().getTime(),
   };
@@ -77,6 +80,7 @@ export function parseIdentity(der: Uint8Array, fingerprint: string): Identity {
       // e-mail, directory names, IPs, otherName: not read by any allow rule.
     }
   }
+  id.text = describeIdentity(id);
   return id;
 }
 
@@ -93,7 +97,7 @@ export function serialHex(bytes: ArrayBuffer | Uint8Array): string {
 }
 
 /** `CN=kube-apiserver-etcd-client,O=system:masters,URI=spiffe://…` for logs, each value escaped as RFC 4514 says. */
-export function describeIdentity(id: Identity): string {
+export function describeIdentity(id: Omit<Identity, 'text'>): string {
   const parts = [`CN=${escapeDn(id.cn)}`];
   for (const o of id.o) parts.push(`O=${escapeDn(o)}`);
   for (const u of id.uri) parts.push(`URI=${escapeDn(u)}`);

@@ -7,7 +7,7 @@ import type { TlsTerminator } from '../listener/listener.js';
 import type { OriginTls } from '../listener/proxy-connection.js';
 import type { Endpoint } from '../upstream/endpoint.js';
 import { Authorizer } from './authorizer.js';
-import { describeIdentity, identityOf } from './identity.js';
+import { identityOf } from './identity.js';
 import { readMaterial, type MaterialSet } from './material.js';
 
 // A named TLS profile at run time: its current material, who uses it
@@ -74,7 +74,7 @@ export class TlsProfileRuntime implements TlsTerminator {
       if (!this.config.requireClientCert) return { ok: true, identity: 'anonymous', key: socket.remoteAddress ?? '' };
       return { ok: false, reason: 'no_client_cert', identity: 'none' };
     }
-    const who = describeIdentity(id);
+    const who = id.text;
     if (!socket.authorized) {
       let reason = verifyReason(String(socket.authorizationError ?? ''));
       // OpenSSL says UNSPECIFIED when a configured CRL cannot be used (e.g.

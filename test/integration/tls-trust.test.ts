@@ -304,6 +304,12 @@ clusters:
     expect((await attempt(port, creds.intruder)).result).toBe('refused');
     expect((await attempt(port, creds.revoked)).result).toBe('refused');
     expect(p.ballast.listeners.get('guard')!.tlsFailures.get('cert_revoked')).toBe(1);
+    // A session cached under the old rule does not outlive a reload that narrows it.
+    const cached = await attempt(port, creds.apiserver);
+    expect((await attempt(port, creds.apiserver, { session: cached.session! })).reused).toBe(true);
+    await p.ballast.reload(parseConfig(yaml(`    clientCA: ${f['ca.crt']}\n    crl: ${f['crl.pem']}\n    allow: [{ cn: someone-else }]`), '<reload>'));
+    expect((await attempt(port, creds.apiserver, { session: cached.session! })).result).toBe('refused');
+    expect((await attempt(port, undefined, { session: cached.session! })).result).toBe('refused');
     await p.ballast.reload(parseConfig(yaml(`    clientCA: ${f['ca.crt']}\n    allow: [{ cn: ${CN} }]`), '<reload>'));
     expect(p.lines.some((l) => l.level === 'warn' && /tls\.guard\.crl: removed by this reload; clients it revoked are admitted again/.test(l.msg))).toBe(true);
     expect((await attempt(port, creds.revoked)).result).toBe('open');

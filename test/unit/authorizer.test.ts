@@ -7,7 +7,7 @@ import type { Identity } from '../../src/tls/identity.js';
 // (Raised from surviving mutants of `npm run mutation`.)
 
 function id(fields: Partial<Identity>): Identity {
-  return { cn: '', cnCount: 1, o: [], dns: [], uri: [], fingerprint: 'AA', serial: '01', issuer: 'i', revocationKey: 'i/01', notBefore: 0, notAfter: 1, ...fields };
+  return { cn: '', cnCount: 1, o: [], dns: [], uri: [], fingerprint: 'AA', serial: '01', issuer: 'i', revocationKey: 'i/01', notBefore: 0, notAfter: 1, text: '', ...fields };
 }
 
 const apiserver = id({ cn: 'kube-apiserver-etcd-client', o: ['system:masters'] });

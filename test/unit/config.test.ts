@@ -1,7 +1,8 @@
 import { describe, expect, it } from 'vitest';
 import { parseAddress } from '../../src/config/address.js';
 import { formatDuration, parseDuration } from '../../src/config/duration.js';
-import { ConfigError, parseConfig } from '../../src/config/load.js';
+import { parseConfig } from '../../src/config/load.js';
+import { problems } from '../support/config-problems.js';
 
 const base = `
 listeners:
@@ -11,15 +12,6 @@ clusters:
     endpoints: [10.0.0.1:2379, 10.0.0.2:2379]
 `;
 
-function problems(yaml: string): string[] {
-  try {
-    parseConfig(yaml, 'test.yaml');
-  } catch (err) {
-    expect(err).toBeInstanceOf(ConfigError);
-    return (err as ConfigError).problems;
-  }
-  throw new Error('config was accepted');
-}
 
 describe('durations', () => {
   it.each([
@@ -144,6 +136,7 @@ clusters:
     ['client certs required without clientCA', `tls:\n  guard: { cert: /a.crt, key: /a.key }\n${base.replace('cluster: etcd }', 'cluster: etcd, tls: guard }')}`, 'requires client certificates but has no clientCA'],
     ['an empty cn pattern (it would match every CN-less certificate)', `tls:\n  guard: { cert: /a.crt, key: /a.key, clientCA: /ca.crt, allow: [{ cn: "" }] }\n${base.replace('cluster: etcd }', 'cluster: etcd, tls: guard }')}`, 'an empty cn pattern would match certificates without a cn'],
     ['allow rules with requireClientCert false (a client without a certificate would pass them)', `tls:\n  guard: { cert: /a.crt, key: /a.key, clientCA: /ca.crt, requireClientCert: false, allow: [{ cn: a }] }\n${base.replace('cluster: etcd }', 'cluster: etcd, tls: guard }')}`, 'tls.guard.requireClientCert: false would admit clients that send no certificate past the allow rules'],
+    ['a malformed discoveryHosts entry', base.replace('endpoints:', 'discoveryHosts: ["10.0.0.0/33"]\n    endpoints:'), 'clusters[0].discoveryHosts[0]: expected an IP, a host name or a CIDR, optionally with :PORT or :*'],
     ['an originating profile without ca', `tls:\n  client: { cert: /a.crt, key: /a.key }\n${base.replace('endpoints:', 'tls: client\n    endpoints:')}`, 'clusters[0].tls: profile "client" needs ca to verify the upstream servers'],
     ['an unused TLS profile', `tls:\n  spare: { ca: /ca.crt }\n${base}`, 'tls.spare: defined but no listener or cluster uses it'],
     ['affinity settings without affinity balance', base.replace('endpoints:', 'affinity: { key: source-ip }\n    endpoints:'), 'clusters[0].affinity: set, but balance is "round-robin"'],

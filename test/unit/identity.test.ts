@@ -7,6 +7,8 @@ import { Authorizer, glob } from '../../src/tls/authorizer.js';
 import { readCrls } from '../../src/tls/crl.js';
 import { describeIdentity, escapeDn, parseIdentity, serialHex, type Identity } from '../../src/tls/identity.js';
 import { readMaterial } from '../../src/tls/material.js';
+import { TlsProfileRuntime } from '../../src/tls/tls-profile.js';
+import { memoryLogger } from '../support/ballast.js';
 import { issueOddCert } from '../support/odd-cert.js';
 import { makeTempDir, removeDir, writeFiles } from '../support/tmp.js';
 
@@ -68,6 +70,7 @@ describe('identity from DER', () => {
     const id = identity((await issueOddCert(ca, { subject: [{ CN: ['intruder,O=system:masters'] }] })).cert);
     expect(id.o).toEqual([]);
     expect(describeIdentity(id)).toBe('CN=intruder\\,O\\=system:masters');
+    expect(id.text, 'made once, at parse').toBe(describeIdentity(id));
     expect(escapeDn(' #a+b;c<d>e"f\\g ')).toBe('\\ #a\\+b\\;c\\<d\\>e\\"f\\\\g\\ ');
     expect(escapeDn('#x')).toBe('\\#x');
     expect(escapeDn('a\nb')).toBe('a\\0Ab');
@@ -124,7 +127,7 @@ describe('CRLs are verified before they are used', () => {
 });
 
 describe('allow rules', () => {
-  const id = (over: Partial<Identity>): Identity => ({ cn: '', cnCount: 1, o: [], dns: [], uri: [], fingerprint: 'f', serial: '1', issuer: 'i', revocationKey: 'i/1', notBefore: 0, notAfter: 1, ...over });
+  const id = (over: Partial<Identity>): Identity => ({ cn: '', cnCount: 1, o: [], dns: [], uri: [], fingerprint: 'f', serial: '1', issuer: 'i', revocationKey: 'i/1', notBefore: 0, notAfter: 1, text: '', ...over });
 
   it('a rule with cn and o needs both; with no O, or another O, the CN alone is not enough', () => {
     const a = new Authorizer([{ cn: 'kube-apiserver-etcd-client', o: 'system:masters' }]);
@@ -158,5 +161,19 @@ describe('allow rules', () => {
     expect(glob('a.b').test('axb')).toBe(false);
     expect(glob('a+b(c)').test('a+b(c)')).toBe(true);
     expect(glob('x').test('x\n')).toBe(false);
+  });
+});
+
+describe('a CRL past its nextUpdate', () => {
+  it('is loaded (OpenSSL will refuse every client), and said: a warning naming the file and the fix, crlStale() for /status and the metric', async () => {
+    const server = await issueCert(ca, { cn: 'ballast', dns: ['localhost'], usage: ['server'] });
+    const f = await writeFiles(dir, { 'ca2.crt': ca.cert, 's2.crt': server.cert, 's2.key': server.key, 'soon.crl': await createCRL(ca, [], { nextUpdateDays: 1 / 86_400 }) });
+    await new Promise((r) => setTimeout(r, 1500));
+    const { log, lines } = memoryLogger();
+    const p = new TlsProfileRuntime({ name: 'guard', cert: f['s2.crt']!, key: f['s2.key']!, clientCA: f['ca2.crt']!, crl: f['soon.crl']!, allow: [], requireClientCert: true, minVersion: 'TLSv1.2', handshakeTimeout: 5000, alpn: ['h2'] }, { server: true, client: false }, log);
+    expect(p.crlStale()).toBe(true);
+    expect(p.crlStale(p.material.crlNextUpdate!.getTime() - 1)).toBe(false);
+    expect(lines.filter((l) => l.level === 'warn' && /tls\.guard\.crl: .*soon\.crl is past its nextUpdate .*every client is refused as crl_error/.test(l.msg))).toHaveLength(1);
+    p.close();
   });
 });

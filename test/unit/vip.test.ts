@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import type { Clock, TimerHandle } from '../../src/clock.js';
-import { ConfigError, parseConfig, type VipConfig } from '../../src/config/load.js';
+import { parseConfig, type VipConfig } from '../../src/config/load.js';
+import { problems } from '../support/config-problems.js';
 import type { CampaignResult, ElectionStore } from '../../src/vip/election-store.js';
 import type { CommandResult, CommandRunner } from '../../src/vip/runner.js';
 import { VipAddress } from '../../src/vip/vip-address.js';
@@ -23,15 +24,6 @@ clusters:
   - { name: etcd, endpoints: [10.0.0.1:2379], health: { check: etcd } }
 `;
 
-function problems(yaml: string): string[] {
-  try {
-    parseConfig(yaml, 'test.yaml');
-  } catch (err) {
-    expect(err).toBeInstanceOf(ConfigError);
-    return (err as ConfigError).problems;
-  }
-  throw new Error('config was accepted');
-}
 
 describe('vip config', () => {
   it('reads the section with its defaults', () => {
