@@ -1,7 +1,9 @@
 import type { Logger } from 'pino';
 import type { BackupStats } from './backup/stats.js';
 import { systemClock, type Clock } from './clock.js';
-import { loadConfigFile, type ClusterConfig, type Config, type ConfigError, type ListenerConfig } from './config/load.js';
+import { ConfigError, loadConfigFile, type ClusterConfig, type Config, type ListenerConfig } from './config/load.js';
+import { applyFailure, ReloadLog, type ReloadFailure, type ReloadRecord } from './reload/reload-log.js';
+import { describePlan, planReload, ReloadRefusedError, type ReloadPlan } from './reload/reload-plan.js';
 import type { BackupConfig } from './config/schema.js';
 import { adminDescriptors, calibrate } from './listener/fd-budget.js';
 import { Listener, type ListenerHooks } from './listener/listener.js';
@@ -51,14 +53,21 @@ export interface AdminLike {
 
 export class Ballast {
   config: Config;
-  state: RunState = 'starting';
+  private runState: RunState = 'starting';
+  get state(): RunState {
+    return this.runState;
+  }
   readonly clusters = new Map<string, Cluster>();
   readonly listeners = new Map<string, Listener>();
   readonly tls = new Map<string, TlsProfileRuntime>();
   readonly discovery = new Map<string, EtcdMemberDiscovery>();
   readonly checkers = new Map<string, HealthChecker>();
   readonly metrics: Metrics;
-  readonly reloads = { ok: 0, failed: 0, failedBy: new Map<string, number>(), lastError: undefined as string | undefined, lastAt: 0 };
+  private readonly reloadLog = new ReloadLog();
+  /** Config reloads, applied and refused (read-only: only Ballast writes it). */
+  get reloads(): ReloadRecord {
+    return this.reloadLog;
+  }
   backup: BackupRunner | undefined;
   /** The virtual IP election (vip: in the config), in the primary or single process. */
   vip: VipElection | undefined;
@@ -101,7 +110,7 @@ export class Ballast {
     }
     this.housekeeping = setInterval(() => this.clusters.forEach((cl) => cl.housekeeping()), 60_000);
     this.housekeeping.unref();
-    this.state = 'running';
+    this.runState = 'running';
     if (c.vip && this.role !== 'data') {
       try {
         await this.startVip(c.vip);
@@ -228,8 +237,13 @@ export class Ballast {
 
   // --- reload ---------------------------------------------------------------
 
-  /** Re-read the config file and apply it; on any error the running config stays. */
-  async reloadFromFile(trigger: string): Promise<boolean> {
+  /**
+   * Re-read the config file and apply it; on any error the running config
+   * stays. `followers` (the primary of a multi-process ballast: its workers)
+   * apply it after this process did; the reload counts as applied only if
+   * they all did, and is counted once either way.
+   */
+  async reloadFromFile(trigger: string, followers?: () => Promise<{ ok: boolean; errors: string[] }>): Promise<boolean> {
     if (this.state === 'draining' || this.state === 'stopped') {
       // A rollout edits the file while the old process drains: not a failure.
       this.log.info({ trigger, state: this.state }, `config reload ignored while ${this.state}`);
@@ -241,151 +255,122 @@ export class Ballast {
     try {
       next = loadConfigFile(this.config.source);
     } catch (err) {
-      const e = err as ConfigError;
-      this.reloadFailed(e, trigger, e.problems?.some((x) => x.includes('invalid YAML')) ? 'yaml' : e.problems?.some((x) => x.startsWith('cannot read the config file')) ? 'io' : 'schema');
-      return false;
+      return this.refused(err instanceof ConfigError ? err.kind : 'other', (err as Error).message, trigger);
     }
+    let plan: ReloadPlan;
     try {
-      await this.reload(next);
+      plan = await this.reload(next);
     } catch (err) {
-      const e = err as Error & { reason?: string; code?: string };
-      this.reloadFailed(e, trigger, e.reason ?? (e.code === 'BALLAST_TLS_MATERIAL' ? 'tls_material' : e.code === 'EADDRINUSE' || e.code === 'EACCES' || e.code === 'EADDRNOTAVAIL' ? 'listen' : 'other'));
-      return false;
+      return this.refused(err instanceof ReloadRefusedError ? err.reason : applyFailure(err), (err as Error).message, trigger);
     }
-    this.reloads.ok++;
-    this.reloads.lastAt = Date.now();
-    this.reloads.lastError = undefined;
-    this.log.info({ trigger }, 'config reloaded');
+    if (followers !== undefined) {
+      const r = await followers();
+      if (!r.ok) return this.refused('worker_refused', `the primary applied it but a worker refused it: ${r.errors.join('; ')}`, trigger);
+    }
+    this.reloadLog.applied();
+    this.log.info({ trigger, changes: describePlan(plan) }, `config reloaded: ${describePlan(plan)}`);
     return true;
   }
 
-  private reloadFailed(err: Error, trigger: string, reason: string): void {
-    this.reloads.failed++;
-    this.reloads.failedBy.set(reason, (this.reloads.failedBy.get(reason) ?? 0) + 1);
-    this.reloads.lastError = err.message;
-    this.reloads.lastAt = Date.now();
-    this.log.error({ trigger, err: err.message }, `config reload refused, the running config stays: ${err.message}`);
+  private refused(reason: ReloadFailure, message: string, trigger: string): false {
+    this.reloadLog.refused(reason, message);
+    this.log.error({ trigger, reason, err: message }, `config reload refused, the running config stays: ${message}`);
+    return false;
   }
 
   /**
-   * Apply a validated config as a diff. Everything that can fail (reading TLS
-   * files, binding new listeners) is done first; only then is the running
-   * state touched, so a refused reload leaves no trace.
+   * Apply a validated config as the diff planReload computes. Everything that
+   * can fail (reading TLS files, binding new listeners) is done first; only
+   * then is the running state touched, so a refused reload leaves no trace.
    */
-  async reload(next: Config): Promise<void> {
+  async reload(next: Config): Promise<ReloadPlan> {
     if (this.state !== 'running') throw new Error(`cannot reload while ${this.state}`);
-    const prev = this.config;
-    // Settings a running process cannot change: refuse the reload rather than
-    // count it a success while ignoring part of it.
-    const restart: string[] = [];
-    if (JSON.stringify(prev.admin) !== JSON.stringify(next.admin)) restart.push('admin');
-    if (prev.workers !== next.workers) restart.push('workers');
-    if (prev.handover !== next.handover) restart.push('handover');
-    if (prev.workerSockets !== next.workerSockets) restart.push('workerSockets');
-    if (JSON.stringify(prev.vip) !== JSON.stringify(next.vip)) restart.push('vip');
-    if (restart.length > 0) {
-      const e = new Error(`${restart.join(', ')} changed: that needs a restart (the running process keeps its current ${restart.join(', ')}); revert it in the file, or restart ballast to apply it`) as Error & { reason: string };
-      e.reason = 'restart_required';
-      throw e;
-    }
+    const plan = planReload(this.config, next);
+    if (plan.kind === 'refused') throw new ReloadRefusedError(plan);
     // 1. TLS material: new and changed profiles must load.
-    const newProfiles = new Map<string, TlsProfileRuntime>();
     const roles = profileRoles(next);
-    for (const [name, p] of next.tls) {
-      const old = this.tls.get(name);
-      const r = roles.get(name) ?? { server: false, client: false };
-      if (old && JSON.stringify(old.config) === JSON.stringify(p) && old.roles.server === r.server && old.roles.client === r.client) continue;
-      readMaterial(p, r); // throws with the key path
-      newProfiles.set(name, new TlsProfileRuntime(p, r, this.log, keyKindFor(next, name)));
-    }
-    // 2. New or moved listeners must bind before anything else changes.
-    const prevListeners = new Map(prev.listeners.map((l) => [l.name, l]));
-    const started: Listener[] = [];
-    const rebind: ListenerConfig[] = [];
-    const tlsOf = (name: string | undefined) => (name === undefined ? undefined : (newProfiles.get(name) ?? this.tls.get(name)));
-    const provisional = new Map<string, Cluster>();
-    for (const cc of next.clusters) if (!this.clusters.has(cc.name)) provisional.set(cc.name, new Cluster(cc, this.clock, this.log));
+    const newProfiles = new Map<string, TlsProfileRuntime>();
     try {
-      for (const lc of next.listeners) {
-        const old = prevListeners.get(lc.name);
-        // TLS changes (another profile, new material) apply in place with
-        // setSecureContext; only termination switched on or off needs a new socket.
-        const sameSocket = old !== undefined && old.listen.text === lc.listen.text && (old.tls === undefined) === (lc.tls === undefined) && old.backlog === lc.backlog && old.socketMode === lc.socketMode;
-        if (sameSocket) continue;
-        if (old !== undefined && old.listen.text === lc.listen.text) {
-          // Same address, different socket settings: it must be closed first; done in step 3.
-          rebind.push(lc);
-          continue;
+      for (const name of plan.tls.load) {
+        const p = next.tls.get(name)!;
+        const r = roles.get(name) ?? { server: false, client: false };
+        readMaterial(p, r); // throws with the key path
+        newProfiles.set(name, new TlsProfileRuntime(p, r, this.log, keyKindFor(next, name)));
+      }
+    } catch (err) {
+      for (const p of newProfiles.values()) p.close();
+      throw err;
+    }
+    // 2. Listeners on new addresses bind before anything else changes.
+    const tlsOf = (name: string | undefined) => (name === undefined ? undefined : (newProfiles.get(name) ?? this.tls.get(name)));
+    const provisional = new Map(plan.clusters.add.map((cc) => [cc.name, new Cluster(cc, this.clock, this.log)]));
+    const started: Listener[] = [];
+    try {
+      if (this.role !== 'control') {
+        for (const lc of plan.listeners.bind) {
+          const cluster = this.clusters.get(lc.cluster) ?? provisional.get(lc.cluster)!;
+          const l = new Listener(lc, cluster, tlsOf(lc.tls), this.hooksFor(lc), this.log, this.sharing);
+          await l.start();
+          started.push(l);
         }
-        const cluster = this.clusters.get(lc.cluster) ?? provisional.get(lc.cluster)!;
-        if (this.role === 'control') continue;
-        const l = new Listener(lc, cluster, tlsOf(lc.tls), this.hooksFor(lc), this.log, this.sharing);
-        await l.start();
-        started.push(l);
       }
     } catch (err) {
       for (const l of started) await l.stopAccepting();
       for (const p of newProfiles.values()) p.close();
+      for (const c of provisional.values()) c.stop();
       throw err;
     }
     // 3. Commit. Nothing below throws on valid input.
+    for (const name of plan.tls.crlDropped) {
+      this.log.warn({ profile: name, crl: this.tls.get(name)?.config.crl }, `tls.${name}.crl: removed by this reload; clients it revoked are admitted again`);
+    }
     for (const [name, p] of newProfiles) {
       const old = this.tls.get(name);
-      if (old?.config.crl !== undefined && p.config.crl === undefined && p.roles.server) {
-        this.log.warn({ profile: name, crl: old.config.crl }, `tls.${name}.crl: removed by this reload; clients it revoked are admitted again`);
-      }
       this.tls.set(name, p);
       p.watch();
       old?.close();
     }
-    for (const [name, old] of this.tls) if (!next.tls.has(name)) {
-      old.close();
+    for (const name of plan.tls.remove) {
+      this.tls.get(name)?.close();
       this.tls.delete(name);
     }
-    const nextClusters = new Map(next.clusters.map((c) => [c.name, c]));
-    for (const cc of next.clusters) {
-      const cl = this.clusters.get(cc.name);
-      if (!cl) {
-        const fresh = provisional.get(cc.name)!;
-        this.clusters.set(cc.name, fresh);
-        this.startControlLoops(fresh);
-        continue;
-      }
-      const before = JSON.stringify(cl.config);
-      if (before === JSON.stringify(cc)) continue;
-      const loopsChanged = JSON.stringify(cl.config.health) !== JSON.stringify(cc.health) || cl.config.discovery !== cc.discovery || cl.config.tls !== cc.tls;
-      if (loopsChanged) this.stopControlLoops(cc.name);
-      cl.reconfigure(cc);
-      if (loopsChanged) this.startControlLoops(cl);
+    for (const [name, fresh] of provisional) {
+      this.clusters.set(name, fresh);
+      this.startControlLoops(fresh);
     }
-    const nextListeners = new Map(next.listeners.map((l) => [l.name, l]));
-    for (const [name, l] of this.listeners) {
-      const lc = nextListeners.get(name);
-      if (lc === undefined || rebind.some((r) => r.name === name) || started.some((s) => s.name === name)) {
-        // Removed or rebound: stop accepting; its open connections finish on their own.
-        await l.stopAccepting();
-        this.listeners.delete(name);
-        continue;
-      }
+    for (const { config: cc, restartLoops } of plan.clusters.update) {
+      const cl = this.clusters.get(cc.name)!;
+      if (restartLoops) this.stopControlLoops(cc.name);
+      cl.reconfigure(cc);
+      if (restartLoops) this.startControlLoops(cl);
+    }
+    for (const name of plan.listeners.retire) {
+      // Removed, moved or rebound: stop accepting; its open connections finish on their own.
+      await this.listeners.get(name)?.stopAccepting();
+      this.listeners.delete(name);
+    }
+    for (const { config: lc, replaceTls } of plan.listeners.update) {
+      const l = this.listeners.get(lc.name);
+      if (l === undefined) continue; // the primary of a multi-process ballast has none
       l.config = lc;
       l.cluster = this.clusters.get(lc.cluster)!;
-      if (lc.tls !== undefined && (prevListeners.get(name)?.tls !== lc.tls || newProfiles.has(lc.tls))) l.replaceTls(this.tls.get(lc.tls)!);
+      if (replaceTls) l.replaceTls(this.tls.get(lc.tls!)!);
     }
     for (const l of started) {
       l.cluster = this.clusters.get(l.config.cluster)!;
       this.listeners.set(l.name, l);
     }
-    if (this.role !== 'control') for (const lc of rebind) await this.addListener(lc);
-    for (const [name, cl] of this.clusters) {
-      if (nextClusters.has(name)) continue;
+    if (this.role !== 'control') for (const lc of plan.listeners.rebind) await this.addListener(lc);
+    for (const name of plan.clusters.remove) {
       this.stopControlLoops(name);
-      cl.stop();
+      this.clusters.get(name)?.stop();
       this.clusters.delete(name);
     }
-    if (prev.log.level !== next.log.level) this.log.level = next.log.level;
+    if (plan.logLevel !== undefined) this.log.level = plan.logLevel;
     this.config = next;
     // The backup schedule lives with the health checks: in the primary, not in workers.
-    if (this.role !== 'data' && JSON.stringify(prev.backup) !== JSON.stringify(next.backup)) await this.applyBackup(next.backup);
+    if (this.role !== 'data' && plan.backupChanged) await this.applyBackup(next.backup);
+    return plan;
   }
 
   /**
@@ -412,14 +397,20 @@ export class Ballast {
   // --- shutdown -------------------------------------------------------------
 
   /**
-   * Drain: /readyz turns 503 at once, listeners stop accepting, open
-   * connections get up to `timeoutMs` to finish, then are closed.
+   * Drain: /readyz turns 503 at once, the VIP is let go, listeners stop
+   * accepting, open connections get up to `timeoutMs` to finish, then are
+   * closed. With workers, `dataPlane` (the supervisor) drains theirs instead.
    */
-  async drain(timeoutMs = this.config.drainTimeout): Promise<{ closedAtDeadline: number }> {
+  async drain(timeoutMs = this.config.drainTimeout, dataPlane?: { drain(timeoutMs: number): Promise<void> }): Promise<{ closedAtDeadline: number }> {
     if (this.state === 'stopped') return { closedAtDeadline: 0 };
-    this.state = 'draining';
+    this.runState = 'draining';
     // The VIP goes first: another node takes it over while this one drains.
     await this.vip?.stop('shutdown');
+    if (dataPlane !== undefined) {
+      await dataPlane.drain(timeoutMs);
+      await this.stop();
+      return { closedAtDeadline: 0 };
+    }
     const open = () => [...this.listeners.values()].reduce((n, l) => n + l.active, 0);
     this.log.info({ open: open(), timeoutMs }, `draining: stopped accepting, waiting up to ${timeoutMs}ms for ${open()} open connection(s)`);
     for (const l of this.listeners.values()) await l.stopAccepting();
@@ -447,6 +438,6 @@ export class Ballast {
     for (const c of this.clusters.values()) c.stop();
     for (const p of this.tls.values()) p.close();
     await this.backup?.stop();
-    this.state = 'stopped';
+    this.runState = 'stopped';
   }
 }

@@ -177,14 +177,8 @@ async function run(args: string[]): Promise<number> {
   let reloading = Promise.resolve(true);
   const reload = (trigger: string) => {
     reloading = reloading.then(async () => {
-      const ok = await ballast.reloadFromFile(trigger);
-      if (!ok || !supervisor) return ok;
-      const r = await supervisor.reloadWorkers();
-      if (!r.ok) {
-        ballast.reloads.failed++;
-        log.error({ errors: r.errors }, `config reload: the primary applied it but a worker refused it: ${r.errors.join('; ')}`);
-      }
-      return r.ok;
+      const workers = supervisor;
+      return ballast.reloadFromFile(trigger, workers ? () => workers.reloadWorkers() : undefined);
     });
   };
   process.on('SIGHUP', () => reload('SIGHUP'));
@@ -211,15 +205,7 @@ async function run(args: string[]): Promise<number> {
       }
       stopping = true;
       log.info({ signal }, `${signal}: draining`);
-      const drained = supervisor
-        ? (async () => {
-            ballast.state = 'draining';
-            await ballast.vip?.stop('shutdown');
-            await supervisor.drain(config.drainTimeout);
-            await ballast.stop();
-            return { closedAtDeadline: 0 };
-          })()
-        : ballast.drain();
+      const drained = ballast.drain(ballast.config.drainTimeout, supervisor);
       void drained
         .then(async ({ closedAtDeadline }) => {
           await admin?.close();

@@ -40,7 +40,7 @@ export const METRICS = {
   tlsExpiry: { name: 'ballast_tls_certificate_expiry_seconds', help: 'Seconds until the earliest certificate of the profile expires.', labels: ['profile'] },
   tlsCrlNextUpdate: { name: 'ballast_tls_crl_next_update_timestamp_seconds', help: 'When the earliest CRL of the profile must be replaced (its nextUpdate); past it every client is refused as crl_error. Only profiles with a crl.', labels: ['profile'] },
   tlsReloads: { name: 'ballast_tls_reloads_total', help: 'Certificate rotations by result.', labels: ['profile', 'result'] },
-  configReloads: { name: 'ballast_config_reloads_total', help: 'Config reloads by result, and for failures the reason: yaml, schema, tls_material, listen, restart_required, io.', labels: ['result', 'reason'] },
+  configReloads: { name: 'ballast_config_reloads_total', help: 'Config reloads by result, and for failures the reason: io, yaml, schema, tls_material, listen, restart_required, worker_refused, other.', labels: ['result', 'reason'] },
   discoverySyncs: { name: 'ballast_discovery_syncs_total', help: 'etcd member list syncs by result.', labels: ['cluster', 'result'] },
   discoveryMembers: { name: 'ballast_discovery_members', help: 'Members in the last etcd member list.', labels: ['cluster'] },
   backupLastSuccess: { name: 'ballast_backup_last_success_timestamp_seconds', help: 'Unix time of the newest verified snapshot this process took; 0 until the first.', labels: [] },

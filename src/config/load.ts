@@ -108,6 +108,8 @@ export class ConfigError extends Error {
   constructor(
     readonly source: string,
     readonly problems: string[],
+    /** What went wrong: the file could not be read, is not YAML, or does not pass the schema and its cross-checks. */
+    readonly kind: 'io' | 'yaml' | 'schema' = 'schema',
   ) {
     super(`${source}: ${problems.length === 1 ? problems[0] : `${problems.length} problems:\n  ${problems.join('\n  ')}`}`);
     this.name = 'ConfigError';
@@ -137,7 +139,7 @@ export function loadConfigFile(path: string): Config {
   try {
     text = readFileSync(path, 'utf8');
   } catch (err) {
-    throw new ConfigError(path, [`cannot read the config file: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`]);
+    throw new ConfigError(path, [`cannot read the config file: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`], 'io');
   }
   return parseConfig(text, path);
 }
@@ -153,6 +155,7 @@ export function parseConfig(text: string, source = '<config>'): Config {
         const sentence = e.message.split('\n')[0]!.replace(/ at line \d+, column \d+:?$/, '');
         return `${pos ? `line ${pos.line}, column ${pos.col}: ` : ''}invalid YAML: ${sentence}`;
       }),
+      'yaml',
     );
   }
   const raw: unknown = doc.toJS();

@@ -23,6 +23,8 @@ let backends: TestServer[];
 let b: ChildBallast;
 let port: number;
 let admin: number;
+let file: string;
+let configText: string;
 
 async function status(): Promise<Status> {
   return (await fetch(`http://127.0.0.1:${admin}/status`).then((r) => r.json())) as Status;
@@ -39,9 +41,7 @@ beforeAll(async () => {
   dir = await makeTempDir();
   backends = [await startNamedServer('a'), await startNamedServer('b'), await startNamedServer('c')];
   [port, admin] = (await freePorts(2)) as [number, number];
-  const file = writeConfig(
-    dir,
-    `
+  configText = `
 admin: { listen: 127.0.0.1:${admin} }
 log: { level: info }
 drainTimeout: 3s
@@ -54,8 +54,8 @@ clusters:
     balance: affinity
     affinity: { key: source-ip, stickiness: sticky, ttl: 10m }
     health: { check: tcp, interval: 200ms, timeout: 150ms, rise: 1, fall: 1 }
-`,
-  );
+`;
+  file = writeConfig(dir, configText);
   b = runCli(['run', '--config', file]);
   await b.waitForLog(/workers serving/, 30_000);
   await eventually(async () => (await status()).clusters[0]!.endpoints.every((e) => e.state === 'up'), 'all up');
@@ -148,6 +148,33 @@ describe('multi-process ballast (workers: 2)', () => {
       return w.length === 2 && !w.some((x) => x.pid === victim);
     }, 'a new worker replaced the dead one', 15_000);
     expect(b.stdout()).toMatch(/worker \d exited \(SIGKILL\); starting a new one/);
+  });
+
+  it('counts a reload the workers refuse once, as failed (worker_refused), in /status and /metrics alike', async () => {
+    // The primary runs no listeners, so only the workers find the new port taken.
+    const squatter = net.createServer();
+    const [taken] = (await freePorts(1)) as [number];
+    await new Promise<void>((r) => squatter.listen(taken, '127.0.0.1', r));
+    try {
+      writeConfig(dir, configText.replace('listeners:\n', `listeners:\n  - { name: extra, listen: 127.0.0.1:${taken}, cluster: back }\n`));
+      const st = await eventually(async () => {
+        const s = (await fetch(`http://127.0.0.1:${admin}/status`).then((r) => r.json())) as { reloads: { ok: number; failed: number; lastError: string | null } };
+        return s.reloads.failed > 0 ? s.reloads : undefined;
+      }, 'the reload refused');
+      expect(st.ok).toBe(0);
+      expect(st.lastError).toMatch(/a worker refused it: .*EADDRINUSE/);
+      const metrics = await fetch(`http://127.0.0.1:${admin}/metrics`).then((r) => r.text());
+      expect(metrics).toMatch(/ballast_config_reloads_total\{result="ok",reason=""\} 0\n/);
+      const failed = [...metrics.matchAll(/ballast_config_reloads_total\{result="failed",reason="([a-z_]+)"\} (\d+)/g)].filter((m) => m[2] !== '0');
+      expect(failed.map((m) => m[1])).toEqual(['worker_refused']);
+      const now = (await fetch(`http://127.0.0.1:${admin}/status`).then((r) => r.json())) as { reloads: { failed: number } };
+      expect(Number(failed[0]![2])).toBe(now.reloads.failed);
+      // Still serving on the old config.
+      expect(['a', 'b', 'c']).toContain(await nameVia(port));
+    } finally {
+      writeConfig(dir, configText);
+      await new Promise((r) => squatter.close(r));
+    }
   });
 
   it('drains on SIGTERM through the workers and exits 0', async () => {
